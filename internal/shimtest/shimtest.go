@@ -1,0 +1,148 @@
+// Package shimtest runs a real Caddy server, with kustom-shim's modules, from
+// a Caddyfile inside a test. Caddy holds one running config per process, so
+// tests that use it must not run in parallel with each other.
+package shimtest
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	// The standard modules and the shim's directives, as in the binary.
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	_ "github.com/kustomshim/kustomshim/caddyfile"
+)
+
+// Shim is a running Caddy.
+type Shim struct {
+	Dir       string // storage and log files live here
+	AccessLog string // path for `log { output file … }` in a site
+	ErrorLog  string // Caddy's default log (errors, warnings, module logs)
+}
+
+// New prepares a storage directory and log paths; nothing runs yet.
+func New(t testing.TB) *Shim {
+	t.Helper()
+	dir := t.TempDir()
+	return &Shim{Dir: dir, AccessLog: filepath.Join(dir, "access.log"), ErrorLog: filepath.Join(dir, "caddy.log")}
+}
+
+// Globals is the global options block every test config starts with: no
+// admin endpoint unless asked for, storage in the test's directory, no
+// attempt to touch the system trust store or port 80.
+func (s *Shim) Globals(extra string) string {
+	return fmt.Sprintf(`{
+	admin off
+	persist_config off
+	storage file_system %s
+	skip_install_trust
+	auto_https disable_redirects
+	log default {
+		output file %s
+		format json
+		level DEBUG
+	}
+	%s
+}
+`, s.Dir, s.ErrorLog, extra)
+}
+
+// Adapt turns a Caddyfile into Caddy's JSON.
+func Adapt(t testing.TB, caddyfile string) []byte {
+	t.Helper()
+	out, warns, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatalf("adapting Caddyfile: %v\n%s", err, caddyfile)
+	}
+	for _, w := range warns {
+		t.Logf("adapt warning: %s:%d %s", w.File, w.Line, w.Message)
+	}
+	return out
+}
+
+// Start loads the Caddyfile (which should begin with s.Globals) and stops
+// Caddy when the test ends.
+func (s *Shim) Start(t testing.TB, caddyfile string) {
+	t.Helper()
+	if err := caddy.Load(Adapt(t, caddyfile), true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Logf("stopping caddy: %v", err)
+		}
+	})
+}
+
+// LoadError adapts and loads caddyfile and returns the error Caddy gives.
+func LoadError(t testing.TB, caddyfile string) error {
+	t.Helper()
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		return err
+	}
+	if err := caddy.Load(out, true); err != nil {
+		return err
+	}
+	_ = caddy.Stop()
+	return nil
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Logs returns the contents of a log file ("" if it does not exist yet).
+func Logs(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// Client is an HTTP client that never follows redirects (the tests look at
+// Location themselves) and never reuses a proxy from the environment.
+func Client() *http.Client {
+	return &http.Client{
+		Timeout:       20 * time.Second,
+		Transport:     &http.Transport{Proxy: nil, TLSClientConfig: &tls.Config{}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// WaitFor polls cond until it holds or the deadline passes.
+func WaitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// Contains reports whether any of the needles occurs in hay (for leak checks).
+func Contains(hay string, needles ...string) (string, bool) {
+	for _, n := range needles {
+		if n != "" && strings.Contains(hay, n) {
+			return n, true
+		}
+	}
+	return "", false
+}

@@ -1,0 +1,177 @@
+// Package testupstream is a stand-in for the Kustom API in tests: a TLS
+// server on loopback, with a certificate for the Kustom hosts signed by a
+// throw-away CA, that records every request it receives exactly as it
+// arrived (Host, TLS server name, credentials, headers, body bytes).
+package testupstream
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Request is what the upstream received.
+type Request struct {
+	Method     string
+	Host       string // Host header as received
+	ServerName string // TLS SNI as received
+	Path       string // URL path, undecoded form
+	RawQuery   string
+	Proto      string
+	Header     http.Header
+	Body       []byte
+}
+
+// Upstream is a recording TLS test server.
+type Upstream struct {
+	Server *httptest.Server
+	Addr   string // 127.0.0.1:port
+	CAFile string // PEM of the CA that signed the server's certificate
+
+	mu       sync.Mutex
+	requests []Request
+	handler  http.HandlerFunc
+}
+
+// DefaultHosts are the names the test certificate covers.
+var DefaultHosts = []string{"api.kustom.co", "api.playground.kustom.co", "api-na.kustom.co", "api.klarna.com", "localhost"}
+
+// New starts an upstream whose certificate covers hosts (DefaultHosts when
+// none are given). It answers 200 with a small JSON body until Handle is
+// called, and closes when the test ends.
+func New(t testing.TB, hosts ...string) *Upstream {
+	t.Helper()
+	if len(hosts) == 0 {
+		hosts = DefaultHosts
+	}
+	caCert, caKey := newCA(t)
+	leaf := newLeaf(t, caCert, caKey, hosts)
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caCert.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u := &Upstream{CAFile: caFile}
+	u.handler = func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Klarna-Correlation-Id", "upstream-correlation-id")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}
+	s := httptest.NewUnstartedServer(http.HandlerFunc(u.serve))
+	s.EnableHTTP2 = true
+	s.TLS = &tls.Config{Certificates: []tls.Certificate{leaf}}
+	s.StartTLS()
+	t.Cleanup(s.Close)
+	u.Server = s
+	u.Addr = s.Listener.Addr().String()
+	return u
+}
+
+// Handle replaces the response behaviour. The request body has already been
+// read and recorded; r.Body holds the same bytes again.
+func (u *Upstream) Handle(f http.HandlerFunc) {
+	u.mu.Lock()
+	u.handler = f
+	u.mu.Unlock()
+}
+
+// Requests returns what was received so far.
+func (u *Upstream) Requests() []Request {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]Request(nil), u.requests...)
+}
+
+// Reset forgets the recorded requests.
+func (u *Upstream) Reset() {
+	u.mu.Lock()
+	u.requests = nil
+	u.mu.Unlock()
+}
+
+func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rec := Request{
+		Method: r.Method, Host: r.Host, Path: r.URL.EscapedPath(), RawQuery: r.URL.RawQuery,
+		Proto: r.Proto, Header: r.Header.Clone(), Body: body,
+	}
+	if r.TLS != nil {
+		rec.ServerName = r.TLS.ServerName
+	}
+	u.mu.Lock()
+	u.requests = append(u.requests, rec)
+	h := u.handler
+	u.mu.Unlock()
+	r.Body = io.NopCloser(&byteReader{b: body})
+	h(w, r)
+}
+
+type byteReader struct{ b []byte }
+
+func (r *byteReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+func newCA(t testing.TB) (*x509.Certificate, *ecdsa.PrivateKey) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "kustom-shim test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+func newLeaf(t testing.TB, ca *x509.Certificate, caKey *ecdsa.PrivateKey, hosts []string) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: hosts[0]},
+		DNSNames:     hosts,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}

@@ -1,0 +1,338 @@
+package module
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+)
+
+// Credential pairs the Klarna key a legacy app still sends with the Kustom
+// key that replaces it. One gateway can serve many stores, so a handler holds
+// any number of these, told apart by the Klarna username.
+type Credential struct {
+	// A short name for logs, metrics and the status page (letters, digits,
+	// '.', '_', '-'). Never a secret: it is what an operator greps for.
+	Name string `json:"name"`
+
+	// The Klarna API username the app sends, such as K123456_abcd12345 (or
+	// PK… on the playground). May be a placeholder.
+	KlarnaUsername string `json:"klarna_username"`
+
+	// The Klarna API password the app sends. Must be an {env.*} or {file.*}
+	// placeholder, expanded when the config loads, so that the secret never
+	// sits in the config Caddy's admin API serves. Exclusive with
+	// klarna_password_hash.
+	KlarnaPassword string `json:"klarna_password,omitempty"`
+
+	// A bcrypt or argon2id hash of the Klarna password (as `caddy
+	// hash-password` prints it), for a config that must hold no secret at
+	// all. Checked through Caddy's basic_auth comparers with their cache, so
+	// the hash is paid once per distinct password, not per request.
+	KlarnaPasswordHash string `json:"klarna_password_hash,omitempty"`
+
+	// The Kustom API username (merchant id joined with a suffix). Optional
+	// with kustom_api_key, which Kustom also accepts alone.
+	KustomUsername string `json:"kustom_username,omitempty"`
+
+	// The Kustom API password, sent with kustom_username. Must be an {env.*}
+	// or {file.*} placeholder. Exclusive with kustom_api_key.
+	KustomPassword string `json:"kustom_password,omitempty"`
+
+	// A Kustom API key (kco_live_api_… or kco_test_api_…). Alone it is sent
+	// as "Authorization: Basic <key>", as Kustom documents; with
+	// kustom_username it is sent as the password. Must be an {env.*} or
+	// {file.*} placeholder.
+	KustomAPIKey string `json:"kustom_api_key,omitempty"`
+}
+
+// What happened to a caller's credentials; also the metrics label values.
+const (
+	ResultSwapped  = "swapped"
+	ResultKept     = "kept"
+	ResultRejected = "rejected"
+)
+
+// UnknownCredential is the credential label for callers that matched none.
+const UnknownCredential = "unknown"
+
+// UnknownCredentials policies.
+const (
+	UnknownReject = "reject"
+	UnknownKeep   = "keep"
+)
+
+// AuthOutcome is the decision for one request's credentials.
+type AuthOutcome struct {
+	Credential string // configured name, or UnknownCredential
+	Result     string // ResultSwapped, ResultKept or ResultRejected
+	Refusal    Reason // set when Result is ResultRejected
+	// Authorization is the header value to send upstream when Result is
+	// ResultSwapped; otherwise the caller's own header goes unchanged.
+	Authorization string
+}
+
+// storedCredential is a Credential resolved for the hot path: the outgoing
+// header is built once and the password is kept only as a digest.
+type storedCredential struct {
+	name          string
+	passwordSum   [sha256.Size]byte // plaintext Klarna password, hashed for a fixed-length compare
+	hasher        *caddyauth.HTTPBasicAuth
+	authorization string
+}
+
+// CredentialStore matches callers' Basic credentials against the configured
+// Klarna keys.
+type CredentialStore struct {
+	byUser      map[string]*storedCredential
+	keepUnknown bool
+}
+
+// ResolvedCredential is what kustom-verify needs of a credential: never
+// logged, never printed.
+type ResolvedCredential struct {
+	Name          string
+	Authorization string
+}
+
+var credentialName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// NewCredentialStore validates and resolves creds. Errors name the credential
+// and the field, never a value. ctx loads Caddy's hash comparers.
+func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (*CredentialStore, []ResolvedCredential, error) {
+	s := &CredentialStore{byUser: make(map[string]*storedCredential, len(creds))}
+	switch unknown {
+	case "", UnknownReject:
+	case UnknownKeep:
+		s.keepUnknown = true
+	default:
+		return nil, nil, fmt.Errorf("unknown_credentials: %q is not one of reject, keep", unknown)
+	}
+	repl := caddy.NewReplacer()
+	names := map[string]bool{}
+	hashed := map[string][]caddyauth.Account{}       // by algorithm
+	hashedCreds := map[string][]*storedCredential{} // by algorithm, to attach the comparer once provisioned
+	var resolved []ResolvedCredential
+	for i, c := range creds {
+		where := fmt.Sprintf("credential %d", i)
+		if c.Name != "" {
+			where = fmt.Sprintf("credential %q", c.Name)
+		}
+		fail := func(field, format string, args ...any) error {
+			return fmt.Errorf("%s: %s: %s", where, field, fmt.Sprintf(format, args...))
+		}
+		switch {
+		case !credentialName.MatchString(c.Name):
+			return nil, nil, fail("name", "must be 1-64 letters, digits, '.', '_' or '-'")
+		case c.Name == UnknownCredential:
+			return nil, nil, fail("name", "%q is reserved for callers that match no credential", UnknownCredential)
+		case names[c.Name]:
+			return nil, nil, fail("name", "used by another credential")
+		}
+		names[c.Name] = true
+
+		user, err := expand(repl, c.KlarnaUsername)
+		if err != nil {
+			return nil, nil, fail("klarna_username", "%v", err)
+		}
+		if user == "" || strings.Contains(user, ":") {
+			return nil, nil, fail("klarna_username", "required, and may not contain ':'")
+		}
+		if _, dup := s.byUser[user]; dup {
+			return nil, nil, fail("klarna_username", "used by another credential")
+		}
+		sc := &storedCredential{name: c.Name}
+
+		switch {
+		case c.KlarnaPassword != "" && c.KlarnaPasswordHash != "":
+			return nil, nil, fail("klarna_password", "set klarna_password or klarna_password_hash, not both")
+		case c.KlarnaPassword != "":
+			pw, err := expandSecret(repl, c.KlarnaPassword)
+			if err != nil {
+				return nil, nil, fail("klarna_password", "%v", err)
+			}
+			sc.passwordSum = sha256.Sum256([]byte(pw))
+		case c.KlarnaPasswordHash != "":
+			algo, err := hashAlgorithm(c.KlarnaPasswordHash)
+			if err != nil {
+				return nil, nil, fail("klarna_password_hash", "%v", err)
+			}
+			hashed[algo] = append(hashed[algo], caddyauth.Account{Username: user, Password: c.KlarnaPasswordHash})
+			hashedCreds[algo] = append(hashedCreds[algo], sc)
+		default:
+			return nil, nil, fail("klarna_password", "required (or klarna_password_hash)")
+		}
+
+		kuser, err := expand(repl, c.KustomUsername)
+		if err != nil {
+			return nil, nil, fail("kustom_username", "%v", err)
+		}
+		switch {
+		case c.KustomPassword != "" && c.KustomAPIKey != "":
+			return nil, nil, fail("kustom_password", "set kustom_password or kustom_api_key, not both")
+		case c.KustomPassword != "":
+			if kuser == "" {
+				return nil, nil, fail("kustom_username", "required with kustom_password")
+			}
+			pw, err := expandSecret(repl, c.KustomPassword)
+			if err != nil {
+				return nil, nil, fail("kustom_password", "%v", err)
+			}
+			sc.authorization = basic(kuser, pw)
+		case c.KustomAPIKey != "":
+			key, err := expandSecret(repl, c.KustomAPIKey)
+			if err != nil {
+				return nil, nil, fail("kustom_api_key", "%v", err)
+			}
+			if kuser != "" {
+				sc.authorization = basic(kuser, key)
+			} else {
+				sc.authorization = "Basic " + key
+			}
+		default:
+			return nil, nil, fail("kustom_api_key", "required (or kustom_username with kustom_password)")
+		}
+		if strings.ContainsAny(sc.authorization, "\r\n") {
+			return nil, nil, fail("kustom_api_key", "contains a line break")
+		}
+		s.byUser[user] = sc
+		resolved = append(resolved, ResolvedCredential{Name: c.Name, Authorization: sc.authorization})
+	}
+	hashers, err := provisionHashers(ctx, hashed)
+	if err != nil {
+		return nil, nil, err
+	}
+	for algo, scs := range hashedCreds {
+		for _, sc := range scs {
+			sc.hasher = hashers[algo]
+		}
+	}
+	return s, resolved, nil
+}
+
+// provisionHashers builds one Caddy basic-auth provider per hash algorithm,
+// each with its hash cache, so that bcrypt is paid once per distinct password.
+func provisionHashers(ctx caddy.Context, hashed map[string][]caddyauth.Account) (map[string]*caddyauth.HTTPBasicAuth, error) {
+	hashers := map[string]*caddyauth.HTTPBasicAuth{}
+	algos := make([]string, 0, len(hashed))
+	for a := range hashed {
+		algos = append(algos, a)
+	}
+	sort.Strings(algos)
+	for _, algo := range algos {
+		hba := &caddyauth.HTTPBasicAuth{
+			HashRaw:     json.RawMessage(`{"algorithm":"` + algo + `"}`),
+			AccountList: hashed[algo],
+			HashCache:   new(caddyauth.Cache),
+		}
+		if err := hba.Provision(ctx); err != nil {
+			return nil, fmt.Errorf("klarna_password_hash: %v", err)
+		}
+		hashers[algo] = hba
+	}
+	return hashers, nil
+}
+
+// Authenticate decides what to do with r's credentials. It never reads the
+// body and never changes r.
+func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
+	rejectOrKeep := func(reason Reason) AuthOutcome {
+		if s.keepUnknown {
+			return AuthOutcome{Credential: UnknownCredential, Result: ResultKept}
+		}
+		return AuthOutcome{Credential: UnknownCredential, Result: ResultRejected, Refusal: reason}
+	}
+	if len(r.Header["Authorization"]) == 0 {
+		return rejectOrKeep(ReasonMissingCredentials)
+	}
+	user, pass, ok := r.BasicAuth()
+	if !ok {
+		// Also Kustom's own "Basic <API key>" form: kept under keep.
+		return rejectOrKeep(ReasonMalformedAuthorization)
+	}
+	sc, found := s.byUser[user]
+	if !found {
+		return rejectOrKeep(ReasonUnknownUsername)
+	}
+	if !sc.passwordMatches(r, pass) {
+		// A known Klarna username with a wrong password is refused even under
+		// keep: forwarding a password we know to be wrong helps nobody.
+		return AuthOutcome{Credential: sc.name, Result: ResultRejected, Refusal: ReasonWrongPassword}
+	}
+	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization}
+}
+
+func (sc *storedCredential) passwordMatches(r *http.Request, pass string) bool {
+	if sc.hasher != nil {
+		_, ok, err := sc.hasher.Authenticate(discardHeaders{}, r)
+		return ok && err == nil
+	}
+	sum := sha256.Sum256([]byte(pass))
+	return subtle.ConstantTimeCompare(sum[:], sc.passwordSum[:]) == 1
+}
+
+// discardHeaders is the ResponseWriter caddyauth wants for its challenge
+// header; the shim writes its own refusal.
+type discardHeaders struct{}
+
+func (discardHeaders) Header() http.Header       { return http.Header{} }
+func (discardHeaders) Write(b []byte) (int, error) { return len(b), nil }
+func (discardHeaders) WriteHeader(int)             {}
+
+func basic(user, pass string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+}
+
+func hashAlgorithm(hash string) (string, error) {
+	switch {
+	case strings.HasPrefix(hash, "$2a$"), strings.HasPrefix(hash, "$2b$"), strings.HasPrefix(hash, "$2y$"):
+		return "bcrypt", nil
+	case strings.HasPrefix(hash, "$argon2id$"):
+		return "argon2id", nil
+	}
+	return "", fmt.Errorf("not a bcrypt or argon2id hash (make one with: kustom-shim hash-password)")
+}
+
+// expand replaces global placeholders ({env.*}, {file.*}) and fails on an
+// unknown or empty one, naming the placeholder (which is not the secret).
+func expand(repl *caddy.Replacer, v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	out, err := repl.ReplaceOrErr(v, true, true)
+	if err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// expandSecret is expand for a field that must not hold a literal secret: the
+// admin API serves the config as written, so only a placeholder keeps the
+// secret out of it.
+func expandSecret(repl *caddy.Replacer, v string) (string, error) {
+	if !isSecretPlaceholder(v) {
+		return "", fmt.Errorf("must be a placeholder such as {env.KUSTOM_API_KEY} or {file./run/secrets/kustom_api_key}, " +
+			"so that the secret stays out of the config served by the admin API (in a Caddyfile write {env.NAME}, not {$NAME}, which is expanded when the Caddyfile is adapted)")
+	}
+	out, err := expand(repl, v)
+	if err != nil {
+		return "", err
+	}
+	if out == "" {
+		return "", fmt.Errorf("placeholder %s is empty", v)
+	}
+	return out, nil
+}
+
+func isSecretPlaceholder(v string) bool {
+	return (strings.HasPrefix(v, "{env.") || strings.HasPrefix(v, "{file.")) &&
+		strings.HasSuffix(v, "}") && strings.Count(v, "{") == 1 && strings.Count(v, "}") == 1
+}

@@ -1,0 +1,249 @@
+// Package module holds kustom-shim's Caddy modules and the plain domain logic
+// behind them: the Klarna → Kustom host map, service classification,
+// credential swapping, URL rewriting, metrics and the status page. The
+// handlers are thin glue over those pieces and over Caddy's own reverse proxy.
+package module
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler turns a legacy app's Klarna API calls into Kustom API calls: it
+// picks the Kustom host from the Host the app addressed, checks the app's
+// Klarna credentials and swaps in Kustom ones, and proxies through Caddy's
+// reverse proxy. It is terminal: it never calls the next handler.
+type Handler struct {
+	// Where a request goes whose Host is neither a Klarna nor a Kustom API
+	// host, such as a sidecar reached at localhost:8080: "production"
+	// (api.kustom.co, the default), "playground" (api.playground.kustom.co)
+	// or "none" (refuse such requests, for a gateway that must only serve
+	// API hosts).
+	DefaultTarget string `json:"default_target,omitempty"`
+
+	// Adds to or overrides the built-in map of Klarna API hosts to Kustom
+	// hosts (api[-na|-oc][.playground].klarna.com to api[.playground].kustom.co),
+	// for example if the Kustom Merchant Portal gives a region-specific host.
+	Map map[string]string `json:"map,omitempty"`
+
+	// What to do with paths that are not a Kustom API (Klarna Payments,
+	// unknown paths). Default: reject.
+	Unmatched *UnmatchedPolicy `json:"unmatched,omitempty"`
+
+	// The Klarna keys the shim accepts and the Kustom keys it sends instead.
+	Credentials []Credential `json:"credentials,omitempty"`
+
+	// What to do with a caller whose credentials match no configured Klarna
+	// username: "reject" (default, 401 and nothing reaches Kustom) or "keep"
+	// (send the caller's own Authorization unchanged, for accounts whose
+	// Klarna keys Kustom accepts or apps that already send Kustom keys). A
+	// known username with a wrong password is refused either way.
+	UnknownCredentials string `json:"unknown_credentials,omitempty"`
+
+	// Overrides only the address dialled (https://host:port or host:port),
+	// for tests or one more hop; the Host header and the TLS server name stay
+	// the Kustom host, so certificate checks are unchanged.
+	Upstream string `json:"upstream,omitempty"`
+
+	// Caddy's HTTP transport options for the connection to Kustom (trust
+	// pool, timeouts, forward proxy, keep-alive). The TLS server name is
+	// always set to the Kustom host.
+	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
+
+	hosts       *HostMap
+	creds       *CredentialStore
+	resolved    []ResolvedCredential
+	proxies     map[string]*proxyTarget // by to-host
+	passthrough *proxyTarget
+	logger      *zap.Logger
+}
+
+// UnmatchedPolicy is the policy for paths Kustom did not take over.
+type UnmatchedPolicy struct {
+	// "reject" (403 with reason unmatched_path) or "passthrough".
+	Action string `json:"action,omitempty"`
+	// With passthrough: the origin to send such requests to unchanged, with
+	// the caller's own credentials, such as https://api.klarna.com.
+	URL string `json:"url,omitempty"`
+}
+
+type proxyTarget struct {
+	host   string // metrics and log label: where requests go
+	origin string // https://host, the origin whose URLs are rewritten back
+	rp     *reverseproxy.Handler
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.kustom",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves secrets, builds the host map and one reverse proxy per
+// target host. Every error names the field at fault and never a secret.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	var err error
+	if h.hosts, err = NewHostMap(h.Map, h.DefaultTarget); err != nil {
+		return err
+	}
+	if h.creds, h.resolved, err = NewCredentialStore(ctx, h.Credentials, h.UnknownCredentials); err != nil {
+		return err
+	}
+	dialOverride, err := parseUpstreamOverride(h.Upstream)
+	if err != nil {
+		return err
+	}
+	h.proxies = map[string]*proxyTarget{}
+	for _, to := range h.hosts.ToHosts() {
+		t := upstreamTarget{host: to, dial: to + ":443", tls: true}
+		if dialOverride != "" {
+			t.dial = dialOverride
+		}
+		rp, err := newReverseProxy(ctx, t, h.TransportRaw)
+		if err != nil {
+			return err
+		}
+		h.proxies[to] = &proxyTarget{host: to, origin: "https://" + to, rp: rp}
+	}
+	if h.Unmatched != nil {
+		switch h.Unmatched.Action {
+		case "", "reject":
+			if h.Unmatched.URL != "" {
+				return fmt.Errorf("unmatched: a URL goes only with passthrough")
+			}
+		case "passthrough":
+			t, err := parsePassthrough(h.Unmatched.URL)
+			if err != nil {
+				return err
+			}
+			// Dialled as configured (the upstream override is for Kustom
+			// hosts only), through the same transport settings: a trust
+			// pool or an egress proxy applies to every outbound call.
+			rp, err := newReverseProxy(ctx, t, h.TransportRaw)
+			if err != nil {
+				return err
+			}
+			scheme := "http://"
+			if t.tls {
+				scheme = "https://"
+			}
+			h.passthrough = &proxyTarget{host: hostOnly(t.host), origin: scheme + t.host, rp: rp}
+		default:
+			return fmt.Errorf("unmatched: %q is not one of reject, passthrough", h.Unmatched.Action)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases the reverse proxies' upstream connections.
+func (h *Handler) Cleanup() error {
+	var errs []error
+	for _, p := range h.proxies {
+		errs = append(errs, p.rp.Cleanup())
+	}
+	if h.passthrough != nil {
+		errs = append(errs, h.passthrough.rp.Cleanup())
+	}
+	return errors.Join(errs...)
+}
+
+// ServeHTTP routes, authenticates and proxies one request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+
+	route, ok := h.hosts.Resolve(r.Host)
+	if !ok {
+		return h.refuse(w, repl, extra, ReasonUnknownTarget)
+	}
+	service := Classify(r.URL.Path)
+	target := h.proxies[route.ToHost]
+	credential := UnknownCredential
+	if service == Unmatched {
+		if h.passthrough == nil {
+			logFields(extra, service, route.FromHost, "", "")
+			return h.refuse(w, repl, extra, ReasonUnmatchedPath)
+		}
+		// Not Kustom's: the caller's own credentials go, unchecked.
+		target = h.passthrough
+	} else {
+		auth := h.creds.Authenticate(r)
+		credential = auth.Credential
+		if auth.Result == ResultRejected {
+			logFields(extra, service, route.FromHost, "", credential)
+			return h.refuse(w, repl, extra, auth.Refusal)
+		}
+		if auth.Result == ResultSwapped {
+			// Safe to change in place: the access log holds its own clone
+			// of the request, made before any handler ran.
+			r.Header["Authorization"] = []string{auth.Authorization}
+		}
+	}
+	logFields(extra, service, route.FromHost, target.host, credential)
+
+	ow := newOriginWriter(w, Origins{Upstream: target.origin, Client: ClientOrigin(r)})
+	err := target.rp.ServeHTTP(ow, r, next)
+	if err == nil {
+		return nil
+	}
+	reason := ReasonUpstreamUnreachable
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) && herr.StatusCode == http.StatusGatewayTimeout {
+		reason = ReasonUpstreamTimeout
+	}
+	if c := h.logger.Check(zap.ErrorLevel, "upstream request failed"); c != nil {
+		c.Write(zap.String("service", string(service)), zap.String("upstream", target.host),
+			zap.String("credential", credential), zap.String("reason", string(reason)), zap.Error(err))
+	}
+	if ow.wroteHeader {
+		// The response is under way; the client sees the stream end early.
+		return nil
+	}
+	return h.refuse(w, repl, extra, reason)
+}
+
+// refuse answers the request itself; nothing reaches an upstream.
+func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, extra *caddyhttp.ExtraLogFields, reason Reason) error {
+	if extra != nil {
+		extra.Set(zap.String("kustom_refusal", string(reason)))
+	}
+	id, _ := repl.GetString("http.request.uuid")
+	WriteRefusal(w, reason, id)
+	return nil
+}
+
+// logFields adds the shim's view of the request to the access log entry.
+func logFields(extra *caddyhttp.ExtraLogFields, service Service, fromHost, toHost, credential string) {
+	if extra == nil {
+		return
+	}
+	extra.Set(zap.String("kustom_service", string(service)))
+	extra.Set(zap.String("kustom_from_host", fromHost))
+	if toHost != "" {
+		extra.Set(zap.String("kustom_upstream", toHost))
+	}
+	if credential != "" {
+		extra.Set(zap.String("kustom_credential", credential))
+	}
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,130 @@
+package module
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// proxyRetries is how many times an idempotent request is tried again after
+// a failure. Dial failures are always retried by Caddy (nothing was sent).
+const proxyRetries = 2
+
+// upstreamTarget is one place requests are proxied to.
+type upstreamTarget struct {
+	host string // Host header and TLS server name: the Kustom host
+	dial string // host:port actually dialled
+	tls  bool
+}
+
+// parseUpstreamOverride reads the `upstream` option: an https URL or a bare
+// host:port. Only the dial address comes from it.
+func parseUpstreamOverride(raw string) (string, error) {
+	if raw == "" {
+		return "", nil
+	}
+	if !strings.Contains(raw, "://") {
+		if _, _, err := net.SplitHostPort(raw); err != nil {
+			return "", fmt.Errorf("upstream: %q is not https://host:port or host:port", raw)
+		}
+		return raw, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("upstream: %q is not a URL", raw)
+	}
+	if u.Scheme != "https" {
+		return "", fmt.Errorf("upstream: %q must use https: the shim sends Kustom credentials, which must not cross a network in clear text", raw)
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
+		return "", fmt.Errorf("upstream: %q may not have a path or query: it only replaces the dial address", raw)
+	}
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), "443"), nil
+	}
+	return u.Host, nil
+}
+
+// parsePassthrough reads `unmatched passthrough <url>`.
+func parsePassthrough(raw string) (upstreamTarget, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough URL %q is not an http(s) URL", raw)
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
+		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough URL %q may not have a path or query", raw)
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"https": "443", "http": "80"}[u.Scheme]
+	}
+	return upstreamTarget{host: u.Host, dial: net.JoinHostPort(u.Hostname(), port), tls: u.Scheme == "https"}, nil
+}
+
+// newReverseProxy configures Caddy's own reverse proxy for one target: TLS
+// with the Kustom host as server name, pooled keep-alive connections, HTTP/2,
+// streaming both ways, and retries only for what is safe to repeat.
+func newReverseProxy(ctx caddy.Context, t upstreamTarget, transport json.RawMessage) (*reverseproxy.Handler, error) {
+	var tr reverseproxy.HTTPTransport
+	if len(transport) > 0 {
+		var probe struct {
+			Protocol string `json:"protocol"`
+		}
+		if err := json.Unmarshal(transport, &probe); err != nil {
+			return nil, fmt.Errorf("transport: %v", err)
+		}
+		if probe.Protocol != "" && probe.Protocol != "http" {
+			return nil, fmt.Errorf("transport: only the http transport can reach the Kustom API, not %q", probe.Protocol)
+		}
+		if err := json.Unmarshal(transport, &tr); err != nil {
+			return nil, fmt.Errorf("transport: %v", err)
+		}
+	}
+	if t.tls {
+		if tr.TLS == nil {
+			tr.TLS = new(reverseproxy.TLSConfig)
+		}
+		tr.TLS.ServerName = hostOnly(t.host)
+	} else {
+		tr.TLS = nil
+	}
+
+	rp := &reverseproxy.Handler{
+		TransportRaw: caddyconfig.JSONModuleObject(tr, "protocol", "http", nil),
+		Upstreams:    reverseproxy.UpstreamPool{{Dial: t.dial}},
+		LoadBalancing: &reverseproxy.LoadBalancing{
+			Retries:     proxyRetries,
+			TryInterval: caddy.Duration(100 * time.Millisecond),
+			RetryMatchRaw: caddyhttp.RawMatcherSets{
+				{"method": json.RawMessage(`["GET","HEAD"]`)},
+				{"header": json.RawMessage(`{"Klarna-Idempotency-Key":["*"]}`)},
+			},
+		},
+		Headers: &headers.Handler{Request: &headers.HeaderOps{
+			// The Kustom host, with no ":443": what Kustom's routing expects.
+			Set: map[string][]string{"Host": {t.host}},
+			// A third party has no business with the app's network.
+			Delete: []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "X-Real-Ip"},
+		}},
+	}
+	if err := rp.Provision(ctx); err != nil {
+		return nil, fmt.Errorf("reverse proxy to %s: %v", t.host, err)
+	}
+	return rp, nil
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
+}

@@ -1,0 +1,86 @@
+package module
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// Reason is the short machine-readable cause of a refusal: the value of the
+// Kustom-Shim-Error header, the kustom_shim_refused_total label and the
+// "kustom_refusal" log field. Like smokescreen's reason header, it lets the
+// app's developers tell the shim's answers from Kustom's without a log dive.
+type Reason string
+
+const (
+	ReasonMissingCredentials     Reason = "missing_credentials"
+	ReasonMalformedAuthorization Reason = "malformed_authorization"
+	ReasonUnknownUsername        Reason = "unknown_username"
+	ReasonWrongPassword          Reason = "wrong_password"
+	ReasonUnmatchedPath          Reason = "unmatched_path"
+	ReasonUnknownTarget          Reason = "unknown_target"
+	ReasonUpstreamUnreachable    Reason = "upstream_unreachable"
+	ReasonUpstreamTimeout        Reason = "upstream_timeout"
+)
+
+// ErrorHeader carries the Reason on every answer the shim makes itself.
+const ErrorHeader = "Kustom-Shim-Error"
+
+// CorrelationHeader is the header Klarna and Kustom put on every answer; some
+// client libraries warn when it is missing, so refusals carry one too.
+const CorrelationHeader = "Klarna-Correlation-Id"
+
+type refusalKind struct {
+	status  int
+	code    string // Klarna-style error_code
+	message string
+}
+
+var refusals = map[Reason]refusalKind{
+	ReasonMissingCredentials: {http.StatusUnauthorized, "UNAUTHORIZED",
+		"kustom-shim: no Basic credentials; send the Klarna API username and password this shim is configured with"},
+	ReasonMalformedAuthorization: {http.StatusUnauthorized, "UNAUTHORIZED",
+		"kustom-shim: the Authorization header is not Basic base64(username:password)"},
+	ReasonUnknownUsername: {http.StatusUnauthorized, "UNAUTHORIZED",
+		"kustom-shim: no credential is configured for this Klarna username"},
+	ReasonWrongPassword: {http.StatusUnauthorized, "UNAUTHORIZED",
+		"kustom-shim: wrong password for this Klarna username"},
+	ReasonUnmatchedPath: {http.StatusForbidden, "FORBIDDEN",
+		"kustom-shim: this path is not a Kustom API (checkout, order management, settlement, HPP, customer token); " +
+			"Klarna Payments and other Klarna products stay with Klarna: set `unmatched passthrough <url>` to send them there"},
+	ReasonUnknownTarget: {http.StatusMisdirectedRequest, "MISDIRECTED_REQUEST",
+		"kustom-shim: this host is not a Klarna or Kustom API host the shim maps"},
+	ReasonUpstreamUnreachable: {http.StatusBadGateway, "BAD_GATEWAY",
+		"kustom-shim: the upstream API could not be reached"},
+	ReasonUpstreamTimeout: {http.StatusGatewayTimeout, "GATEWAY_TIMEOUT",
+		"kustom-shim: the upstream API did not answer in time"},
+}
+
+// Status is the HTTP status of a refusal for reason.
+func (r Reason) Status() int { return refusals[r].status }
+
+// errorBody is the error shape Klarna's and Kustom's client libraries parse.
+type errorBody struct {
+	ErrorCode     string   `json:"error_code"`
+	ErrorMessages []string `json:"error_messages"`
+	CorrelationID string   `json:"correlation_id"`
+}
+
+// WriteRefusal answers a request the shim will not forward, in the shape a
+// Klarna client library already understands.
+func WriteRefusal(w http.ResponseWriter, reason Reason, correlationID string) {
+	k, ok := refusals[reason]
+	if !ok {
+		k = refusalKind{http.StatusInternalServerError, "INTERNAL_ERROR", "kustom-shim: internal error"}
+	}
+	body, _ := json.Marshal(errorBody{ErrorCode: k.code, ErrorMessages: []string{k.message}, CorrelationID: correlationID})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set(ErrorHeader, string(reason))
+	h.Set(CorrelationHeader, correlationID)
+	h.Set("Cache-Control", "no-store")
+	if k.status == http.StatusUnauthorized {
+		h.Set("Www-Authenticate", `Basic realm="kustom-shim"`)
+	}
+	w.WriteHeader(k.status)
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,114 @@
+package module
+
+import (
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Origins is the pair of origins between which absolute API URLs are
+// translated: Upstream is where the request went (https://api.kustom.co),
+// Client is the origin the client addressed (http://localhost:8080 for a
+// sidecar, https://api.klarna.com behind DNS). Klarna's SDKs store the
+// Location of a created order and send their next call there, so a URL that
+// escaped to the upstream origin would take the app around the shim.
+type Origins struct {
+	Upstream string
+	Client   string
+}
+
+// ClientOrigin is the origin r was addressed to, as the client wrote it.
+func ClientOrigin(r *http.Request) string {
+	if r.TLS != nil {
+		return "https://" + r.Host
+	}
+	return "http://" + r.Host
+}
+
+// ToClient rewrites u from the upstream origin to the client origin.
+func (o Origins) ToClient(u string) (string, bool) { return RewriteOrigin(u, o.Upstream, o.Client) }
+
+// ToUpstream rewrites u from the client origin to the upstream origin.
+func (o Origins) ToUpstream(u string) (string, bool) { return RewriteOrigin(u, o.Client, o.Upstream) }
+
+// RewriteOrigin replaces the origin from at the start of the absolute URL u
+// with to. Scheme and host compare case-insensitively and a default port
+// written out (:443, :80) matches its absence, as URL equivalence has it. A
+// URL on any other origin, a relative URL and a URL whose host merely starts
+// with from's host (api.kustom.co.evil.example) are left alone.
+func RewriteOrigin(u, from, to string) (string, bool) {
+	scheme, host, ok := strings.Cut(from, "://")
+	if !ok || len(u) < len(from) || !strings.EqualFold(u[:len(scheme)+3], scheme+"://") {
+		return u, false
+	}
+	rest := u[len(scheme)+3:]
+	if len(rest) < len(host) || !strings.EqualFold(rest[:len(host)], host) {
+		return u, false
+	}
+	rest = rest[len(host):]
+	if !strings.Contains(host, ":") {
+		defaultPort := ":443"
+		if strings.EqualFold(scheme, "http") {
+			defaultPort = ":80"
+		}
+		rest = strings.TrimPrefix(rest, defaultPort)
+	}
+	if rest != "" && rest[0] != '/' && rest[0] != '?' && rest[0] != '#' {
+		return u, false
+	}
+	return to + rest, true
+}
+
+// urlHeaders are the response headers that carry absolute API URLs.
+var urlHeaders = []string{"Location", "Content-Location"}
+
+// rewriteHeaderURLs applies o.ToClient to every URL-carrying header of h.
+func rewriteHeaderURLs(h http.Header, o Origins) {
+	for _, name := range urlHeaders {
+		vals := h[name]
+		for i, v := range vals {
+			if nv, ok := o.ToClient(v); ok {
+				vals[i] = nv
+			}
+		}
+	}
+}
+
+// originWriter rewrites URL headers as the upstream's response header is
+// written, and remembers whether anything was written so that the handler
+// knows whether an upstream error can still be answered with a refusal.
+type originWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+	origins     Origins
+	wroteHeader bool
+	status      int
+}
+
+func newOriginWriter(w http.ResponseWriter, o Origins) *originWriter {
+	return &originWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origins: o}
+}
+
+func (w *originWriter) WriteHeader(code int) {
+	if code >= 200 && !w.wroteHeader {
+		w.wroteHeader = true
+		w.status = code
+		rewriteHeaderURLs(w.Header(), w.origins)
+	}
+	w.ResponseWriterWrapper.WriteHeader(code)
+}
+
+func (w *originWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriterWrapper.Write(b)
+}
+
+func (w *originWriter) ReadFrom(r io.Reader) (int64, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriterWrapper.ReadFrom(r)
+}
