@@ -118,7 +118,7 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 	}
 	repl := caddy.NewReplacer()
 	names := map[string]bool{}
-	hashed := map[string][]caddyauth.Account{}       // by algorithm
+	hashed := map[string][]caddyauth.Account{}      // by algorithm
 	hashedCreds := map[string][]*storedCredential{} // by algorithm, to attach the comparer once provisioned
 	var resolved []ResolvedCredential
 	for i, c := range creds {
@@ -283,7 +283,7 @@ func (sc *storedCredential) passwordMatches(r *http.Request, pass string) bool {
 // header; the shim writes its own refusal.
 type discardHeaders struct{}
 
-func (discardHeaders) Header() http.Header       { return http.Header{} }
+func (discardHeaders) Header() http.Header         { return http.Header{} }
 func (discardHeaders) Write(b []byte) (int, error) { return len(b), nil }
 func (discardHeaders) WriteHeader(int)             {}
 
