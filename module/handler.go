@@ -5,10 +5,13 @@
 package module
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -50,6 +53,12 @@ type Handler struct {
 	// Klarna keys Kustom accepts or apps that already send Kustom keys). A
 	// known username with a wrong password is refused either way.
 	UnknownCredentials string `json:"unknown_credentials,omitempty"`
+
+	// The largest request body accepted, in bytes (default 1 MiB, Klarna's
+	// and Kustom's own limit). A larger one is refused with 413 before
+	// anything is sent. Bodies up to this size are held in memory so that a
+	// retried request can be sent again whole.
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
 
 	// Overrides only the address dialled (https://host:port or host:port),
 	// for tests or one more hop; the Host header and the TLS server name stay
@@ -96,6 +105,12 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // target host. Every error names the field at fault and never a secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if h.MaxRequestBody < 0 {
+		return fmt.Errorf("max_request_body: must not be negative")
+	}
+	if h.MaxRequestBody == 0 {
+		h.MaxRequestBody = DefaultMaxRequestBody
+	}
 	var err error
 	if h.hosts, err = NewHostMap(h.Map, h.DefaultTarget); err != nil {
 		return err
@@ -113,7 +128,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if dialOverride != "" {
 			t.dial = dialOverride
 		}
-		rp, err := newReverseProxy(ctx, t, h.TransportRaw)
+		rp, err := newReverseProxy(ctx, t, h.TransportRaw, h.MaxRequestBody)
 		if err != nil {
 			return err
 		}
@@ -133,7 +148,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			// Dialled as configured (the upstream override is for Kustom
 			// hosts only), through the same transport settings: a trust
 			// pool or an egress proxy applies to every outbound call.
-			rp, err := newReverseProxy(ctx, t, h.TransportRaw)
+			rp, err := newReverseProxy(ctx, t, h.TransportRaw, h.MaxRequestBody)
 			if err != nil {
 				return err
 			}
@@ -194,6 +209,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	logFields(extra, service, route.FromHost, target.host, credential)
+	if reason := limitRequestBody(r, h.MaxRequestBody); reason != "" {
+		return h.refuse(w, repl, extra, reason)
+	}
 
 	ow := newOriginWriter(w, Origins{Upstream: target.origin, Client: ClientOrigin(r)})
 	err := target.rp.ServeHTTP(ow, r, next)
@@ -214,6 +232,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	return h.refuse(w, repl, extra, reason)
+}
+
+// DefaultMaxRequestBody is Klarna's documented request body limit.
+const DefaultMaxRequestBody = 1 << 20
+
+// limitRequestBody refuses a body over max. A body of unknown length
+// (chunked, or HTTP/2 without Content-Length) is read here, within the limit,
+// so that it is refused before anything is sent and can be replayed on retry.
+func limitRequestBody(r *http.Request, max int64) Reason {
+	if r.ContentLength > max {
+		return ReasonRequestTooLarge
+	}
+	if r.ContentLength >= 0 || r.Body == nil || r.Body == http.NoBody {
+		return ""
+	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return ReasonBadRequestBody
+	}
+	if int64(len(buf)) > max {
+		return ReasonRequestTooLarge
+	}
+	r.Body = io.NopCloser(bytes.NewReader(buf))
+	r.ContentLength = int64(len(buf))
+	r.Header.Set("Content-Length", strconv.Itoa(len(buf)))
+	return ""
 }
 
 // refuse answers the request itself; nothing reaches an upstream.

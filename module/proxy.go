@@ -73,7 +73,12 @@ func parsePassthrough(raw string) (upstreamTarget, error) {
 // newReverseProxy configures Caddy's own reverse proxy for one target: TLS
 // with the Kustom host as server name, pooled keep-alive connections, HTTP/2,
 // streaming both ways, and retries only for what is safe to repeat.
-func newReverseProxy(ctx caddy.Context, t upstreamTarget, transport json.RawMessage) (*reverseproxy.Handler, error) {
+//
+// Request bodies up to maxBody are buffered by Caddy so that a retried
+// request carries its body again: without that, a capture retried after a
+// dropped connection would reach Kustom with an empty body. Bodies are small
+// JSON (Kustom refuses more than 1 MB); responses are never buffered.
+func newReverseProxy(ctx caddy.Context, t upstreamTarget, transport json.RawMessage, maxBody int64) (*reverseproxy.Handler, error) {
 	var tr reverseproxy.HTTPTransport
 	if len(transport) > 0 {
 		var probe struct {
@@ -101,6 +106,8 @@ func newReverseProxy(ctx caddy.Context, t upstreamTarget, transport json.RawMess
 	rp := &reverseproxy.Handler{
 		TransportRaw: caddyconfig.JSONModuleObject(tr, "protocol", "http", nil),
 		Upstreams:    reverseproxy.UpstreamPool{{Dial: t.dial}},
+		// +1: Caddy treats a body of exactly the buffer size as unfinished.
+		RequestBuffers: maxBody + 1,
 		LoadBalancing: &reverseproxy.LoadBalancing{
 			Retries:     proxyRetries,
 			TryInterval: caddy.Duration(100 * time.Millisecond),

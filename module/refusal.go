@@ -1,6 +1,7 @@
 package module
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 )
@@ -20,6 +21,8 @@ const (
 	ReasonUnknownTarget          Reason = "unknown_target"
 	ReasonUpstreamUnreachable    Reason = "upstream_unreachable"
 	ReasonUpstreamTimeout        Reason = "upstream_timeout"
+	ReasonRequestTooLarge        Reason = "request_too_large"
+	ReasonBadRequestBody         Reason = "bad_request_body"
 )
 
 // ErrorHeader carries the Reason on every answer the shim makes itself.
@@ -49,6 +52,10 @@ var refusals = map[Reason]refusalKind{
 			"Klarna Payments and other Klarna products stay with Klarna: set `unmatched passthrough <url>` to send them there"},
 	ReasonUnknownTarget: {http.StatusMisdirectedRequest, "MISDIRECTED_REQUEST",
 		"kustom-shim: this host is not a Klarna or Kustom API host the shim maps"},
+	ReasonRequestTooLarge: {http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE",
+		"kustom-shim: the request body is larger than max_request_body (Klarna's and Kustom's limit is 1 MB)"},
+	ReasonBadRequestBody: {http.StatusBadRequest, "BAD_VALUE",
+		"kustom-shim: the request body could not be read"},
 	ReasonUpstreamUnreachable: {http.StatusBadGateway, "BAD_GATEWAY",
 		"kustom-shim: the upstream API could not be reached"},
 	ReasonUpstreamTimeout: {http.StatusGatewayTimeout, "GATEWAY_TIMEOUT",
@@ -72,7 +79,10 @@ func WriteRefusal(w http.ResponseWriter, reason Reason, correlationID string) {
 	if !ok {
 		k = refusalKind{http.StatusInternalServerError, "INTERNAL_ERROR", "kustom-shim: internal error"}
 	}
-	body, _ := json.Marshal(errorBody{ErrorCode: k.code, ErrorMessages: []string{k.message}, CorrelationID: correlationID})
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	enc.SetEscapeHTML(false) // the messages quote Caddyfile syntax such as <url>
+	_ = enc.Encode(errorBody{ErrorCode: k.code, ErrorMessages: []string{k.message}, CorrelationID: correlationID})
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set(ErrorHeader, string(reason))
@@ -82,5 +92,5 @@ func WriteRefusal(w http.ResponseWriter, reason Reason, correlationID string) {
 		h.Set("Www-Authenticate", `Basic realm="kustom-shim"`)
 	}
 	w.WriteHeader(k.status)
-	_, _ = w.Write(body)
+	_, _ = w.Write(body.Bytes())
 }
