@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -76,6 +77,7 @@ type Handler struct {
 	proxies     map[string]*proxyTarget // by to-host
 	passthrough *proxyTarget
 	logger      *zap.Logger
+	app         *App
 }
 
 // UnmatchedPolicy is the policy for paths Kustom did not take over.
@@ -105,13 +107,18 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // target host. Every error names the field at fault and never a secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	app, err := ctx.App("kustom")
+	if err != nil {
+		return err
+	}
+	h.app = app.(*App)
+	registerMetrics(ctx.GetMetricsRegistry())
 	if h.MaxRequestBody < 0 {
 		return fmt.Errorf("max_request_body: must not be negative")
 	}
 	if h.MaxRequestBody == 0 {
 		h.MaxRequestBody = DefaultMaxRequestBody
 	}
-	var err error
 	if h.hosts, err = NewHostMap(h.Map, h.DefaultTarget); err != nil {
 		return err
 	}
@@ -179,43 +186,58 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP routes, authenticates and proxies one request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	rq := request{extra: extraFields(r), repl: repl, service: Classify(r.URL.Path)}
 
 	route, ok := h.hosts.Resolve(r.Host)
 	if !ok {
-		return h.refuse(w, repl, extra, ReasonUnknownTarget)
+		rq.route = Route{FromHost: labelUnknownHost}
+		return h.refuse(w, &rq, ReasonUnknownTarget)
 	}
-	service := Classify(r.URL.Path)
+	rq.route = route
 	target := h.proxies[route.ToHost]
-	credential := UnknownCredential
-	if service == Unmatched {
+	if rq.service == Unmatched {
 		if h.passthrough == nil {
-			logFields(extra, service, route.FromHost, "", "")
-			return h.refuse(w, repl, extra, ReasonUnmatchedPath)
+			return h.refuse(w, &rq, ReasonUnmatchedPath)
 		}
 		// Not Kustom's: the caller's own credentials go, unchecked.
 		target = h.passthrough
 	} else {
 		auth := h.creds.Authenticate(r)
-		credential = auth.Credential
-		if auth.Result == ResultRejected {
-			logFields(extra, service, route.FromHost, "", credential)
-			return h.refuse(w, repl, extra, auth.Refusal)
-		}
-		if auth.Result == ResultSwapped {
+		rq.credential = auth.Credential
+		shimMetrics.credentials.WithLabelValues(auth.Credential, auth.Result).Inc()
+		switch auth.Result {
+		case ResultRejected:
+			return h.refuse(w, &rq, auth.Refusal)
+		case ResultSwapped:
 			// Safe to change in place: the access log holds its own clone
 			// of the request, made before any handler ran.
 			r.Header["Authorization"] = []string{auth.Authorization}
 		}
 	}
-	logFields(extra, service, route.FromHost, target.host, credential)
 	if reason := limitRequestBody(r, h.MaxRequestBody); reason != "" {
-		return h.refuse(w, repl, extra, reason)
+		return h.refuse(w, &rq, reason)
 	}
+	if endpoint, ok := DeprecatedEndpoint(r.Method, r.URL.Path); ok {
+		shimMetrics.deprecated.WithLabelValues(string(rq.service), endpoint).Inc()
+		if c := h.logger.Check(zap.WarnLevel, "deprecated Kustom endpoint called; Kustom will remove it"); c != nil {
+			c.Write(zap.String("endpoint", endpoint), zap.String("credential", rq.credential),
+				zap.String("from_host", route.FromHost))
+		}
+	}
+	rq.toHost = target.host
+	rq.logFields()
 
+	start := time.Now()
+	h.app.Tracker().Touch(UsageKey{Service: rq.service, FromHost: route.FromHost, ToHost: target.host}, start)
 	ow := newOriginWriter(w, Origins{Upstream: target.origin, Client: ClientOrigin(r)})
 	err := target.rp.ServeHTTP(ow, r, next)
+	headerAt := ow.headerAt
+	if headerAt.IsZero() {
+		headerAt = time.Now()
+	}
+	shimMetrics.duration.WithLabelValues(string(rq.service)).Observe(headerAt.Sub(start).Seconds())
 	if err == nil {
+		rq.count(ow.status)
 		return nil
 	}
 	reason := ReasonUpstreamUnreachable
@@ -224,14 +246,67 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		reason = ReasonUpstreamTimeout
 	}
 	if c := h.logger.Check(zap.ErrorLevel, "upstream request failed"); c != nil {
-		c.Write(zap.String("service", string(service)), zap.String("upstream", target.host),
-			zap.String("credential", credential), zap.String("reason", string(reason)), zap.Error(err))
+		c.Write(zap.String("service", string(rq.service)), zap.String("upstream", target.host),
+			zap.String("credential", rq.credential), zap.String("reason", string(reason)), zap.Error(err))
 	}
 	if ow.wroteHeader {
 		// The response is under way; the client sees the stream end early.
+		rq.count(ow.status)
 		return nil
 	}
-	return h.refuse(w, repl, extra, reason)
+	return h.refuse(w, &rq, reason)
+}
+
+// request is what the handler learns about one request as it goes, for the
+// metrics and the access log.
+type request struct {
+	extra      *caddyhttp.ExtraLogFields
+	repl       *caddy.Replacer
+	service    Service
+	route      Route
+	toHost     string // "" until a target is chosen
+	credential string
+}
+
+func (rq *request) count(status int) {
+	to := rq.toHost
+	if to == "" {
+		to = labelNone
+	}
+	shimMetrics.requests.WithLabelValues(string(rq.service), rq.route.FromHost, to, statusLabel(status)).Inc()
+}
+
+// logFields adds the shim's view of the request to the access log entry.
+func (rq *request) logFields() {
+	if rq.extra == nil {
+		return
+	}
+	rq.extra.Set(zap.String("kustom_service", string(rq.service)))
+	rq.extra.Set(zap.String("kustom_from_host", rq.route.FromHost))
+	if rq.toHost != "" {
+		rq.extra.Set(zap.String("kustom_upstream", rq.toHost))
+	}
+	if rq.credential != "" {
+		rq.extra.Set(zap.String("kustom_credential", rq.credential))
+	}
+}
+
+func extraFields(r *http.Request) *caddyhttp.ExtraLogFields {
+	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	return extra
+}
+
+// refuse answers the request itself; nothing reaches an upstream.
+func (h *Handler) refuse(w http.ResponseWriter, rq *request, reason Reason) error {
+	rq.logFields()
+	if rq.extra != nil {
+		rq.extra.Set(zap.String("kustom_refusal", string(reason)))
+	}
+	shimMetrics.refused.WithLabelValues(string(reason)).Inc()
+	rq.count(reason.Status())
+	id, _ := rq.repl.GetString("http.request.uuid")
+	WriteRefusal(w, reason, id)
+	return nil
 }
 
 // DefaultMaxRequestBody is Klarna's documented request body limit.
@@ -258,31 +333,6 @@ func limitRequestBody(r *http.Request, max int64) Reason {
 	r.ContentLength = int64(len(buf))
 	r.Header.Set("Content-Length", strconv.Itoa(len(buf)))
 	return ""
-}
-
-// refuse answers the request itself; nothing reaches an upstream.
-func (h *Handler) refuse(w http.ResponseWriter, repl *caddy.Replacer, extra *caddyhttp.ExtraLogFields, reason Reason) error {
-	if extra != nil {
-		extra.Set(zap.String("kustom_refusal", string(reason)))
-	}
-	id, _ := repl.GetString("http.request.uuid")
-	WriteRefusal(w, reason, id)
-	return nil
-}
-
-// logFields adds the shim's view of the request to the access log entry.
-func logFields(extra *caddyhttp.ExtraLogFields, service Service, fromHost, toHost, credential string) {
-	if extra == nil {
-		return
-	}
-	extra.Set(zap.String("kustom_service", string(service)))
-	extra.Set(zap.String("kustom_from_host", fromHost))
-	if toHost != "" {
-		extra.Set(zap.String("kustom_upstream", toHost))
-	}
-	if credential != "" {
-		extra.Set(zap.String("kustom_credential", credential))
-	}
 }
 
 // Interface guards

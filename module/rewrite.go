@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -84,6 +85,7 @@ type originWriter struct {
 	origins     Origins
 	wroteHeader bool
 	status      int
+	headerAt    time.Time // when the upstream's response header was written
 }
 
 func newOriginWriter(w http.ResponseWriter, o Origins) *originWriter {
@@ -94,6 +96,7 @@ func (w *originWriter) WriteHeader(code int) {
 	if code >= 200 && !w.wroteHeader {
 		w.wroteHeader = true
 		w.status = code
+		w.headerAt = time.Now()
 		rewriteHeaderURLs(w.Header(), w.origins)
 	}
 	w.ResponseWriterWrapper.WriteHeader(code)

@@ -1,0 +1,208 @@
+package module
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the `kustom` Caddy app: it owns the last-used state that the kustom
+// handlers write and the status page reads, and keeps it in Caddy's storage
+// so that it survives restarts and is shared by a fleet. Handlers load it on
+// demand, so it needs no config of its own; the `kustom` global option sets
+// the fields below.
+type App struct {
+	// How often this instance writes its last-used state to storage and
+	// reads the other instances'. Default: 5s. State is also written when
+	// the app stops.
+	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
+
+	// Names this instance's state in shared storage. Default: Caddy's
+	// instance ID (instance.uuid in its data directory), which differs per
+	// machine; set it when several instances share a data directory.
+	InstanceID string `json:"instance_id,omitempty"`
+
+	tracker  *Tracker
+	storage  certmagic.Storage
+	instance string
+	logger   *zap.Logger
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "kustom", New: func() caddy.Module { return new(App) }}
+}
+
+// DefaultFlushInterval bounds how much last-used state a crash can lose.
+const DefaultFlushInterval = 5 * time.Second
+
+// stateDir is where instances keep their state in Caddy's storage.
+const stateDir = "kustom-shim/last-used"
+
+var instanceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// Provision sets up storage and the tracker.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.FlushInterval < 0 {
+		return fmt.Errorf("flush_interval: must not be negative")
+	}
+	if a.FlushInterval == 0 {
+		a.FlushInterval = caddy.Duration(DefaultFlushInterval)
+	}
+	a.instance = a.InstanceID
+	if a.instance == "" {
+		id, err := caddy.InstanceID()
+		if err != nil {
+			return fmt.Errorf("instance_id: not set, and Caddy's instance ID is unavailable: %v", err)
+		}
+		a.instance = id.String()
+	}
+	if !instanceName.MatchString(a.instance) {
+		return fmt.Errorf("instance_id: %q must be 1-128 letters, digits, '.', '_' or '-'", a.instance)
+	}
+	a.storage = ctx.Storage()
+	a.tracker = NewTracker()
+	registerMetrics(ctx.GetMetricsRegistry())
+	return nil
+}
+
+var (
+	currentMu sync.Mutex
+	current   *App // the running app; a reload's new app takes over from it
+)
+
+// currentApp is the app whose state the last-used metric reports.
+func currentApp() *App {
+	currentMu.Lock()
+	defer currentMu.Unlock()
+	return current
+}
+
+// Start loads this instance's and its peers' state and begins writing.
+func (a *App) Start() error {
+	currentMu.Lock()
+	if prev := current; prev != nil {
+		// A reload: carry over what the outgoing config saw but may not
+		// have written yet.
+		a.tracker.MergeLocal(prev.tracker.Local())
+	}
+	current = a
+	currentMu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	a.sync(ctx, false)
+	cancel()
+
+	a.stop, a.done = make(chan struct{}), make(chan struct{})
+	go a.loop()
+	return nil
+}
+
+// Stop writes the state one last time.
+func (a *App) Stop() error {
+	close(a.stop)
+	<-a.done
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := a.sync(ctx, true)
+	currentMu.Lock()
+	if current == a {
+		current = nil
+	}
+	currentMu.Unlock()
+	return err
+}
+
+func (a *App) loop() {
+	defer close(a.done)
+	t := time.NewTicker(time.Duration(a.FlushInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(a.FlushInterval))
+			_ = a.sync(ctx, false)
+			cancel()
+		}
+	}
+}
+
+// Usage is the fleet's last-used view, for the status page and metrics.
+func (a *App) Usage() []Usage { return a.tracker.Merged() }
+
+// Tracker is where handlers record calls.
+func (a *App) Tracker() *Tracker { return a.tracker }
+
+func (a *App) ownKey() string { return path.Join(stateDir, a.instance+".json") }
+
+// sync reads every instance's state from storage (its own to survive a
+// restart or a lost write, the others' to show the fleet) and writes its
+// own when something changed or force is set. Storage trouble is logged,
+// never fatal: the shim's job is proxying.
+func (a *App) sync(ctx context.Context, force bool) error {
+	keys, err := a.storage.List(ctx, stateDir, false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		a.logger.Warn("listing last-used state in storage", zap.Error(err))
+	}
+	var peers []Usage
+	for _, k := range keys {
+		if !strings.HasSuffix(k, ".json") {
+			continue
+		}
+		b, err := a.storage.Load(ctx, k)
+		if err != nil {
+			a.logger.Warn("loading last-used state", zap.String("key", k), zap.Error(err))
+			continue
+		}
+		st, err := decodeState(b)
+		if err != nil {
+			a.logger.Warn("last-used state is not valid JSON; ignoring it", zap.String("key", k), zap.Error(err))
+			continue
+		}
+		if k == a.ownKey() {
+			a.tracker.MergeLocal(st.Usage)
+		} else {
+			peers = append(peers, st.Usage...)
+		}
+	}
+	a.tracker.SetPeers(peers)
+
+	if !a.tracker.TakeDirty() && !force {
+		return nil
+	}
+	b, err := encodeState(a.instance, time.Now(), a.tracker.Local())
+	if err != nil {
+		return err
+	}
+	if err := a.storage.Store(ctx, a.ownKey(), b); err != nil {
+		a.tracker.dirty.Store(true) // try again next time
+		a.logger.Error("writing last-used state to storage", zap.Error(err))
+		return err
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+)

@@ -1,0 +1,106 @@
+package module
+
+import (
+	"errors"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The collectors live for the whole process and are registered on each new
+// config's registry (Caddy makes one per config load), so counters carry on
+// across `caddy reload` instead of starting over.
+var shimMetrics = struct {
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	credentials *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+	deprecated  *prometheus.CounterVec
+	lastUsed    prometheus.Collector
+}{
+	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kustom_shim_requests_total",
+		Help: "Requests handled by kustom-shim, by service, the API host the client addressed (or local), where it was sent, and the status returned.",
+	}, []string{"service", "from_host", "to_host", "code"}),
+	duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "kustom_shim_request_duration_seconds",
+		Help:    "Upstream round trip, from sending the request to receiving the response header.",
+		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"service"}),
+	credentials: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kustom_shim_credentials_total",
+		Help: "Credential decisions: swapped for Kustom keys, kept as sent, or rejected.",
+	}, []string{"credential", "result"}),
+	refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kustom_shim_refused_total",
+		Help: "Requests the shim answered itself, by reason (the Kustom-Shim-Error header).",
+	}, []string{"reason"}),
+	deprecated: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kustom_shim_deprecated_calls_total",
+		Help: "Calls to order-management endpoints Kustom has deprecated.",
+	}, []string{"service", "endpoint"}),
+	lastUsed: lastUsedCollector{},
+}
+
+var lastUsedDesc = prometheus.NewDesc("kustom_shim_last_used_timestamp_seconds",
+	"Unix time of the last call per service, API host addressed and destination, across the instances sharing storage.",
+	[]string{"service", "from_host", "to_host"}, nil)
+
+// lastUsedCollector reports the running app's merged last-used state, so the
+// gauge, the status page and the stored state never disagree.
+type lastUsedCollector struct{}
+
+func (lastUsedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lastUsedDesc }
+
+func (lastUsedCollector) Collect(ch chan<- prometheus.Metric) {
+	a := currentApp()
+	if a == nil {
+		return
+	}
+	for _, u := range a.Usage() {
+		ch <- prometheus.MustNewConstMetric(lastUsedDesc, prometheus.GaugeValue,
+			float64(u.LastUsed.UnixNano())/1e9, string(u.Service), u.FromHost, u.ToHost)
+	}
+}
+
+// registerMetrics adds the shim's collectors to reg; every module that uses
+// them calls it, and a second registration on the same registry is a no-op.
+func registerMetrics(reg *prometheus.Registry) {
+	if reg == nil {
+		return
+	}
+	for _, c := range []prometheus.Collector{shimMetrics.requests, shimMetrics.duration, shimMetrics.credentials,
+		shimMetrics.refused, shimMetrics.deprecated, shimMetrics.lastUsed} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				panic(err) // a programming error: conflicting descriptors
+			}
+		}
+	}
+}
+
+// Label values for requests that never got as far as a route or an upstream.
+const (
+	labelUnknownHost = "unknown" // from_host of a request for a host the map does not know
+	labelNone        = "none"    // to_host of a request the shim answered itself
+)
+
+// statusLabel bounds the code label to real HTTP status codes.
+func statusLabel(code int) string {
+	if code < 100 || code > 599 {
+		return "other"
+	}
+	if code < len(statusLabels) {
+		return statusLabels[code]
+	}
+	return strconv.Itoa(code)
+}
+
+var statusLabels = func() []string {
+	s := make([]string, 600)
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
