@@ -4,12 +4,14 @@
 package caddyfile
 
 import (
+	"math"
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 
 	"github.com/kustomshim/kustomshim/module"
 )
@@ -29,6 +31,7 @@ func init() {
 //	    map <from-host> <to-host>
 //	    unmatched reject | passthrough <url>
 //	    unknown_credentials reject|keep
+//	    max_request_body <size>
 //	    upstream <url>
 //	    transport http {
 //	        <Caddy's reverse_proxy http transport options>
@@ -44,10 +47,17 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	d := h.Dispenser
 	d.Next() // directive name
 	if d.NextArg() {
-		return nil, d.ArgErr()
+		// httpcaddyfile has already taken a matcher token (/path, *, @name).
+		return nil, d.Errf("kustom: unexpected argument %q: the only argument is a matcher such as /checkout/* or @name; options go in the block", d.Val())
 	}
 	k := new(module.Handler)
 	seen := map[string]bool{}
+	mapped := map[string]string{} // normalised from-host → as written
+	// argErr names the subdirective: Dispenser.ArgErr names only the last
+	// token read, which may be a value rather than the option at fault.
+	argErr := func(name, usage string) error {
+		return d.Errf("%s: wrong number of arguments, expected `%s`", name, usage)
+	}
 	once := func(name string) error {
 		if seen[name] {
 			return d.Errf("%s already specified", name)
@@ -63,7 +73,7 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 				return nil, err
 			}
 			if !d.AllArgs(&k.DefaultTarget) {
-				return nil, d.ArgErr()
+				return nil, argErr(sub, "default_target production|playground|none")
 			}
 			switch k.DefaultTarget {
 			case module.TargetProduction, module.TargetPlayground, module.TargetNone:
@@ -73,14 +83,22 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		case "map":
 			var from, to string
 			if !d.AllArgs(&from, &to) {
-				return nil, d.ArgErr()
+				return nil, argErr(sub, "map <from-host> <to-host>")
 			}
 			if k.Map == nil {
 				k.Map = map[string]string{}
 			}
-			if _, dup := k.Map[from]; dup {
-				return nil, d.Errf("map: %s is already mapped", from)
+			// The module compares host names normalised (case, trailing
+			// dot); two spellings of one host would collapse there, and
+			// which to-host won would depend on map order.
+			norm := module.NormalizeHost(from)
+			if prev, dup := mapped[norm]; dup {
+				if prev == from {
+					return nil, d.Errf("map: %s is already mapped", from)
+				}
+				return nil, d.Errf("map: %s is already mapped (as %s)", from, prev)
 			}
+			mapped[norm] = from
 			k.Map[from] = to
 		case "unmatched":
 			if err := once(sub); err != nil {
@@ -100,24 +118,42 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 				return nil, err
 			}
 			if !d.AllArgs(&k.UnknownCredentials) {
-				return nil, d.ArgErr()
+				return nil, argErr(sub, "unknown_credentials reject|keep")
 			}
 			if k.UnknownCredentials != module.UnknownReject && k.UnknownCredentials != module.UnknownKeep {
 				return nil, d.Errf("unknown_credentials: %q is not one of reject, keep", k.UnknownCredentials)
 			}
+		case "max_request_body":
+			if err := once(sub); err != nil {
+				return nil, err
+			}
+			var raw string
+			if !d.AllArgs(&raw) {
+				return nil, argErr(sub, "max_request_body <size>")
+			}
+			// Sizes read as Caddy's own request_body max_size reads them.
+			size, err := humanize.ParseBytes(raw)
+			if err != nil {
+				return nil, d.Errf("max_request_body: %q is not a size such as 1MiB or 512KB", raw)
+			}
+			if size == 0 || size > math.MaxInt64 {
+				// 0 in the JSON means the default, not "no body".
+				return nil, d.Errf("max_request_body: %q is out of range", raw)
+			}
+			k.MaxRequestBody = int64(size)
 		case "upstream":
 			if err := once(sub); err != nil {
 				return nil, err
 			}
 			if !d.AllArgs(&k.Upstream) {
-				return nil, d.ArgErr()
+				return nil, argErr(sub, "upstream <url>")
 			}
 		case "transport":
 			if err := once(sub); err != nil {
 				return nil, err
 			}
 			if !d.NextArg() {
-				return nil, d.ArgErr()
+				return nil, argErr(sub, "transport http { … }")
 			}
 			if d.Val() != "http" {
 				return nil, d.Errf("transport: only the http transport can reach the Kustom API, not %q", d.Val())

@@ -101,6 +101,9 @@ type CredentialStore struct {
 type ResolvedCredential struct {
 	Name          string
 	Authorization string
+	// Environment is what the Kustom key's prefix says it is for:
+	// TargetProduction (kco_live_…), TargetPlayground (kco_test_…) or "".
+	Environment string
 }
 
 var credentialName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
@@ -150,6 +153,7 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 			return nil, nil, fail("klarna_username", "used by another credential")
 		}
 		sc := &storedCredential{name: c.Name}
+		environment := ""
 
 		switch {
 		case c.KlarnaPassword != "" && c.KlarnaPasswordHash != "":
@@ -192,6 +196,12 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 			if err != nil {
 				return nil, nil, fail("kustom_api_key", "%v", err)
 			}
+			switch {
+			case strings.HasPrefix(key, "kco_live_"):
+				environment = TargetProduction
+			case strings.HasPrefix(key, "kco_test_"):
+				environment = TargetPlayground
+			}
 			if kuser != "" {
 				sc.authorization = basic(kuser, key)
 			} else {
@@ -204,7 +214,7 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 			return nil, nil, fail("kustom_api_key", "contains a line break")
 		}
 		s.byUser[user] = sc
-		resolved = append(resolved, ResolvedCredential{Name: c.Name, Authorization: sc.authorization})
+		resolved = append(resolved, ResolvedCredential{Name: c.Name, Authorization: sc.authorization, Environment: environment})
 	}
 	hashers, err := provisionHashers(ctx, hashed)
 	if err != nil {

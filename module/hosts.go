@@ -62,14 +62,19 @@ type HostMap struct {
 // Target* constants ("" means production).
 func NewHostMap(overrides map[string]string, defaultTarget string) (*HostMap, error) {
 	merged := DefaultHostMap()
+	seen := map[string]string{}
 	for from, to := range overrides {
-		f, t := NormalizeHost(from), NormalizeHost(to)
-		if err := checkHostname(f); err != nil {
+		if err := checkHostname(from); err != nil {
 			return nil, fmt.Errorf("map: from-host %q: %v", from, err)
 		}
-		if err := checkHostname(t); err != nil {
+		if err := checkHostname(to); err != nil {
 			return nil, fmt.Errorf("map: to-host %q: %v", to, err)
 		}
+		f, t := NormalizeHost(from), NormalizeHost(to)
+		if other, dup := seen[f]; dup {
+			return nil, fmt.Errorf("map: from-hosts %q and %q are the same host", other, from)
+		}
+		seen[f] = from
 		merged[f] = t
 	}
 	hm := &HostMap{routes: make(map[string]Route, 2*len(merged)+2)}
@@ -169,7 +174,10 @@ func isForeign(h string) bool {
 	return false
 }
 
+// checkHostname accepts a bare host name as written in the config (any case,
+// an optional trailing dot), and nothing that carries a scheme, port or path.
 func checkHostname(h string) error {
+	h = strings.ToLower(strings.TrimSuffix(h, "."))
 	if h == "" {
 		return fmt.Errorf("empty")
 	}

@@ -34,19 +34,23 @@ func parseUpstreamOverride(raw string) (string, error) {
 	}
 	if !strings.Contains(raw, "://") {
 		if _, _, err := net.SplitHostPort(raw); err != nil {
-			return "", fmt.Errorf("upstream: %q is not https://host:port or host:port", raw)
+			return "", fmt.Errorf("upstream: not https://host:port or host:port")
 		}
 		return raw, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
-		return "", fmt.Errorf("upstream: %q is not a URL", raw)
+		return "", fmt.Errorf("upstream: not a URL (want https://host:port or host:port)")
 	}
+	shown := u.Redacted()
 	if u.Scheme != "https" {
-		return "", fmt.Errorf("upstream: %q must use https: the shim sends Kustom credentials, which must not cross a network in clear text", raw)
+		return "", fmt.Errorf("upstream: %q must use https: the shim sends Kustom credentials, which must not cross a network in clear text", shown)
+	}
+	if u.User != nil {
+		return "", fmt.Errorf("upstream: %q may not carry credentials: the shim sends the configured Kustom ones", shown)
 	}
 	if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
-		return "", fmt.Errorf("upstream: %q may not have a path or query: it only replaces the dial address", raw)
+		return "", fmt.Errorf("upstream: %q may not have a path or query: it only replaces the dial address", shown)
 	}
 	if u.Port() == "" {
 		return net.JoinHostPort(u.Hostname(), "443"), nil
@@ -57,11 +61,21 @@ func parseUpstreamOverride(raw string) (string, error) {
 // parsePassthrough reads `unmatched passthrough <url>`.
 func parsePassthrough(raw string) (upstreamTarget, error) {
 	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough URL %q is not an http(s) URL", raw)
+	if err != nil {
+		return upstreamTarget{}, fmt.Errorf("unmatched: the passthrough URL is not a URL such as https://api.klarna.com")
+	}
+	shown := u.Redacted()
+	if u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough URL %q is not an http(s) URL such as https://api.klarna.com", shown)
+	}
+	if u.User != nil {
+		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough URL %q may not carry credentials: callers' own go through", shown)
+	}
+	if u.Scheme == "http" && !isLoopback(u.Hostname()) {
+		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough URL %q must use https: callers' credentials must not cross a network in clear text", shown)
 	}
 	if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
-		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough URL %q may not have a path or query", raw)
+		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough URL %q may not have a path or query", shown)
 	}
 	port := u.Port()
 	if port == "" {
@@ -79,30 +93,10 @@ func parsePassthrough(raw string) (upstreamTarget, error) {
 // dropped connection would reach Kustom with an empty body. Bodies are small
 // JSON (Kustom refuses more than 1 MB); responses are never buffered.
 func newReverseProxy(ctx caddy.Context, t upstreamTarget, transport json.RawMessage, maxBody int64) (*reverseproxy.Handler, error) {
-	var tr reverseproxy.HTTPTransport
-	if len(transport) > 0 {
-		var probe struct {
-			Protocol string `json:"protocol"`
-		}
-		if err := json.Unmarshal(transport, &probe); err != nil {
-			return nil, fmt.Errorf("transport: %v", err)
-		}
-		if probe.Protocol != "" && probe.Protocol != "http" {
-			return nil, fmt.Errorf("transport: only the http transport can reach the Kustom API, not %q", probe.Protocol)
-		}
-		if err := json.Unmarshal(transport, &tr); err != nil {
-			return nil, fmt.Errorf("transport: %v", err)
-		}
+	tr, err := transportFor(t, transport)
+	if err != nil {
+		return nil, err
 	}
-	if t.tls {
-		if tr.TLS == nil {
-			tr.TLS = new(reverseproxy.TLSConfig)
-		}
-		tr.TLS.ServerName = hostOnly(t.host)
-	} else {
-		tr.TLS = nil
-	}
-
 	rp := &reverseproxy.Handler{
 		TransportRaw: caddyconfig.JSONModuleObject(tr, "protocol", "http", nil),
 		Upstreams:    reverseproxy.UpstreamPool{{Dial: t.dial}},
@@ -127,6 +121,43 @@ func newReverseProxy(ctx caddy.Context, t upstreamTarget, transport json.RawMess
 		return nil, fmt.Errorf("reverse proxy to %s: %v", t.host, err)
 	}
 	return rp, nil
+}
+
+// transportFor is the user's `transport http` config with the TLS server
+// name pinned to the target host (and TLS off for an http passthrough).
+func transportFor(t upstreamTarget, transport json.RawMessage) (*reverseproxy.HTTPTransport, error) {
+	var tr reverseproxy.HTTPTransport
+	if len(transport) > 0 {
+		var probe struct {
+			Protocol string `json:"protocol"`
+		}
+		if err := json.Unmarshal(transport, &probe); err != nil {
+			return nil, fmt.Errorf("transport: %v", err)
+		}
+		if probe.Protocol != "" && probe.Protocol != "http" {
+			return nil, fmt.Errorf("transport: only the http transport can reach the Kustom API, not %q", probe.Protocol)
+		}
+		if err := json.Unmarshal(transport, &tr); err != nil {
+			return nil, fmt.Errorf("transport: %v", err)
+		}
+	}
+	if t.tls {
+		if tr.TLS == nil {
+			tr.TLS = new(reverseproxy.TLSConfig)
+		}
+		tr.TLS.ServerName = hostOnly(t.host)
+	} else {
+		tr.TLS = nil
+	}
+	return &tr, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func hostOnly(hostport string) string {

@@ -20,8 +20,12 @@ type Origins struct {
 	Client   string
 }
 
-// ClientOrigin is the origin r was addressed to, as the client wrote it.
+// ClientOrigin is the origin r was addressed to, as the client wrote it, or
+// "" for a request without a Host (HTTP/1.0), whose URLs become relative.
 func ClientOrigin(r *http.Request) string {
+	if r.Host == "" {
+		return ""
+	}
 	if r.TLS != nil {
 		return "https://" + r.Host
 	}
@@ -58,6 +62,9 @@ func RewriteOrigin(u, from, to string) (string, bool) {
 	}
 	if rest != "" && rest[0] != '/' && rest[0] != '?' && rest[0] != '#' {
 		return u, false
+	}
+	if to == "" && (rest == "" || rest[0] != '/') {
+		rest = "/" + rest // a relative reference must still name a path
 	}
 	return to + rest, true
 }

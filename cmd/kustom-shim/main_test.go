@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kustomshim/kustomshim/internal/testupstream"
+)
+
+// bin is the kustom-shim binary built once for these tests, as a user builds it.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kustom-shim-bin")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "kustom-shim")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building kustom-shim: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// run executes the binary with a private HOME/XDG dirs so that nothing is
+// read from or written to the real user's Caddy data.
+func run(t *testing.T, env []string, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	home := t.TempDir()
+	cmd.Env = append([]string{"HOME=" + home, "XDG_DATA_HOME=" + home, "XDG_CONFIG_HOME=" + home, "PATH=" + os.Getenv("PATH")}, env...)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running %v: %v", args, err)
+	}
+	return string(out), code
+}
+
+func TestListModules(t *testing.T) {
+	out, code := run(t, nil, "list-modules")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	for _, m := range []string{"http.handlers.kustom", "kustom", "http.handlers.reverse_proxy", "http.handlers.file_server"} {
+		if !strings.Contains(out+"\n", "\n"+m+"\n") {
+			t.Errorf("list-modules lacks %s", m)
+		}
+	}
+}
+
+// TestExampleStartsWithoutSecrets runs Caddyfile.example as the README says,
+// on free ports, with no secret in the environment, and sends it a request.
+func TestExampleStartsWithoutSecrets(t *testing.T) {
+	example, err := os.ReadFile("../../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, admin := freePort(t), freePort(t)
+	cfg := strings.ReplaceAll(string(example), ":8080", fmt.Sprintf(":%d", port))
+	cfg = strings.ReplaceAll(cfg, "localhost:2019", fmt.Sprintf("localhost:%d", admin))
+	if cfg == string(example) {
+		t.Fatal("the example no longer listens on :8080; update this test")
+	}
+	path := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run(t, nil, "validate", "--config", path); code != 0 {
+		t.Fatalf("validate: exit %d\n%s", code, out)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	home := t.TempDir()
+	cmd := exec.CommandContext(ctx, bin, "run", "--config", path)
+	cmd.Env = []string{"HOME=" + home, "XDG_DATA_HOME=" + home, "XDG_CONFIG_HOME=" + home}
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+
+	url := fmt.Sprintf("http://127.0.0.1:%d/payments/v1/sessions", port)
+	var resp *http.Response
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if resp, err = http.Get(url); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("the example never answered: %v\n%s", err, logs.String())
+	}
+	resp.Body.Close()
+	// With no credential configured, a Klarna Payments path is still refused
+	// by the shim itself, which shows the kustom handler is serving.
+	if resp.StatusCode != 403 || resp.Header.Get("Kustom-Shim-Error") != "unmatched_path" {
+		t.Fatalf("status %d, reason %q", resp.StatusCode, resp.Header.Get("Kustom-Shim-Error"))
+	}
+}
+
+// TestKustomVerify: one key the test upstream accepts, one it rejects.
+func TestKustomVerify(t *testing.T) {
+	up := testupstream.New(t)
+	up.Handle(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "Basic kco_test_api_good-key-111" {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	path := filepath.Join(t.TempDir(), "Caddyfile")
+	cfg := fmt.Sprintf(`:0 {
+	kustom {
+		upstream https://%s
+		transport http {
+			tls_trust_pool file %s
+		}
+		credential good {
+			klarna_username K1_good
+			klarna_password {env.KP}
+			kustom_api_key {env.GOOD_KEY}
+		}
+		credential stale {
+			klarna_username K2_stale
+			klarna_password {env.KP}
+			kustom_api_key {env.STALE_KEY}
+		}
+	}
+}
+`, up.Addr, up.CAFile)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := run(t, []string{"KP=klarna-pw-999", "GOOD_KEY=kco_test_api_good-key-111", "STALE_KEY=kco_test_api_stale-key-222"},
+		"kustom-verify", "--config", path)
+	if code != 1 {
+		t.Errorf("exit %d, want 1 (one credential fails)\n%s", code, out)
+	}
+	lines := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 0 {
+			lines[f[0]] = l
+		}
+	}
+	if l := lines["good"]; !strings.Contains(l, "api.playground.kustom.co") || !strings.Contains(l, "accepted (404)") {
+		t.Errorf("good credential line %q", l)
+	}
+	if l := lines["stale"]; !strings.Contains(l, "rejected (401)") || !strings.Contains(l, "Kustom Portal") {
+		t.Errorf("stale credential line %q", l)
+	}
+	for _, secret := range []string{"klarna-pw-999", "good-key-111", "stale-key-222"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("output contains a secret: %s", secret)
+		}
+	}
+	reqs := up.Requests()
+	if len(reqs) != 2 {
+		t.Fatalf("upstream got %d requests, want 2", len(reqs))
+	}
+	for _, r := range reqs {
+		if r.Method != "GET" || !strings.HasPrefix(r.Path, "/ordermanagement/v1/orders/") ||
+			r.Host != "api.playground.kustom.co" || r.ServerName != "api.playground.kustom.co" {
+			t.Errorf("verify call %s %s Host %q SNI %q", r.Method, r.Path, r.Host, r.ServerName)
+		}
+	}
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
