@@ -33,6 +33,12 @@ type Shim struct {
 func New(t testing.TB) *Shim {
 	t.Helper()
 	dir := t.TempDir()
+	// Caddy's instance ID and autosave live in its data and config dirs;
+	// keep them out of the real home directory.
+	if tt, ok := t.(*testing.T); ok {
+		tt.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+		tt.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	}
 	return &Shim{Dir: dir, AccessLog: filepath.Join(dir, "access.log"), ErrorLog: filepath.Join(dir, "caddy.log")}
 }
 
