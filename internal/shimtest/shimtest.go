@@ -46,6 +46,9 @@ func New(t testing.TB) *Shim {
 // admin endpoint unless asked for, storage in the test's directory, no
 // attempt to touch the system trust store or port 80.
 func (s *Shim) Globals(extra string) string {
+	if extra != "" {
+		extra = "\t" + extra + "\n"
+	}
 	return fmt.Sprintf(`{
 	admin off
 	persist_config off
@@ -57,8 +60,7 @@ func (s *Shim) Globals(extra string) string {
 		format json
 		level DEBUG
 	}
-	%s
-}
+%s}
 `, s.Dir, s.ErrorLog, extra)
 }
 

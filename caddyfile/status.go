@@ -1,0 +1,58 @@
+package caddyfile
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/kustomshim/kustomshim/module"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("kustom_status", parseKustomStatus)
+	// Right after respond, so before metrics and kustom (which sits before
+	// reverse_proxy): `kustom_status /kustom/status` answers its path in a
+	// site whose `kustom` takes everything else, with no `order` or `route`.
+	httpcaddyfile.RegisterDirectiveOrder("kustom_status", httpcaddyfile.After, "respond")
+}
+
+// parseKustomStatus sets up the status page from Caddyfile tokens:
+//
+//	kustom_status [<matcher>] {
+//	    window <duration>
+//	}
+//
+// The duration takes any caddy.ParseDuration form (90m, 24h, 7d); default 7d.
+func parseKustomStatus(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	d := h.Dispenser
+	d.Next() // directive name
+	if d.NextArg() {
+		return nil, d.Errf("kustom_status: unexpected argument %q: the only argument is a matcher such as /kustom/status or @name; options go in the block", d.Val())
+	}
+	s := new(module.StatusHandler)
+	seen := false
+	for d.NextBlock(0) {
+		switch sub := d.Val(); sub {
+		case "window":
+			if seen {
+				return nil, d.Err("kustom_status: window already specified")
+			}
+			seen = true
+			var v string
+			if !d.AllArgs(&v) {
+				return nil, d.Err("kustom_status: window: wrong number of arguments, expected `window <duration>`")
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return nil, d.Errf("kustom_status: window: %q is not a duration such as 24h or 7d", v)
+			}
+			if dur <= 0 {
+				return nil, d.Errf("kustom_status: window: %q must be positive", v)
+			}
+			s.Window = caddy.Duration(dur)
+		default:
+			return nil, d.Errf("unrecognized kustom_status option %q", sub)
+		}
+	}
+	return s, nil
+}
