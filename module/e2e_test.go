@@ -93,11 +93,19 @@ http://:%d {
 			klarna_password_hash %s
 			kustom_api_key {env.KS_KUSTOM_KEY}
 		}
-		%s
-	}
+%s	}
 }
-`, e.port, e.shim.AccessLog, e.up.Addr, e.up.CAFile, klarnaUser, kustomUser, hashedUser, hash, options))
+`, e.port, e.shim.AccessLog, e.up.Addr, e.up.CAFile, klarnaUser, kustomUser, hashedUser, hash, indent(options)))
 	return e
+}
+
+// indent places extra kustom options in the block, formatted as caddy fmt
+// would (an unformatted Caddyfile draws a warning).
+func indent(options string) string {
+	if options == "" {
+		return ""
+	}
+	return "\t\t" + options + "\n"
 }
 
 func do(t *testing.T, c *http.Client, method, url, user, pass string, body string, hdr map[string]string) (*http.Response, []byte) {

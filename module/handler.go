@@ -12,6 +12,8 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -227,34 +229,132 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	rq.toHost = target.host
 	rq.logFields()
 
+	origins := Origins{Upstream: target.origin, Client: ClientOrigin(r)}
+	var bodies *bodyRewrite
+	if target != h.passthrough {
+		if bodies = bodyRewriteFor(r.Method, r.URL.Path); bodies != nil {
+			h.rewriteRequestBody(r, bodies, origins)
+			if len(bodies.response) > 0 && r.Header.Get("Accept-Encoding") != "" {
+				// Ask only for an encoding the rewrite can read.
+				r.Header.Set("Accept-Encoding", "gzip")
+			}
+		}
+	}
+
 	start := time.Now()
 	h.app.Tracker().Touch(UsageKey{Service: rq.service, FromHost: route.FromHost, ToHost: target.host}, start)
-	ow := newOriginWriter(w, Origins{Upstream: target.origin, Client: ClientOrigin(r)})
-	err := target.rp.ServeHTTP(ow, r, next)
+	ow := newOriginWriter(w, origins, bodies)
+	err := proxyInto(target.rp, ow, r, next)
 	headerAt := ow.headerAt
 	if headerAt.IsZero() {
 		headerAt = time.Now()
 	}
 	shimMetrics.duration.WithLabelValues(string(rq.service)).Observe(headerAt.Sub(start).Seconds())
 	if err == nil {
+		reason, notice := ow.finish()
+		if notice != "" {
+			h.noticeOnce(bodies.endpoint+" response", notice)
+		}
+		if reason != "" {
+			discardUpstreamHeaders(w.Header())
+			return h.refuse(w, &rq, reason)
+		}
 		rq.count(ow.status)
 		return nil
 	}
 	reason := ReasonUpstreamUnreachable
 	var herr caddyhttp.HandlerError
-	if errors.As(err, &herr) && herr.StatusCode == http.StatusGatewayTimeout {
+	switch {
+	case ow.tooLarge:
+		reason = ReasonResponseTooLarge
+	case errors.As(err, &herr) && herr.StatusCode == http.StatusGatewayTimeout:
 		reason = ReasonUpstreamTimeout
 	}
 	if c := h.logger.Check(zap.ErrorLevel, "upstream request failed"); c != nil {
 		c.Write(zap.String("service", string(rq.service)), zap.String("upstream", target.host),
 			zap.String("credential", rq.credential), zap.String("reason", string(reason)), zap.Error(err))
 	}
-	if ow.wroteHeader {
+	if ow.wroteHeader && !ow.buffering {
 		// The response is under way; the client sees the stream end early.
 		rq.count(ow.status)
 		return nil
 	}
+	discardUpstreamHeaders(w.Header())
 	return h.refuse(w, &rq, reason)
+}
+
+// discardUpstreamHeaders drops what the proxy copied from an upstream
+// response that will not be sent (its Content-Length above all), keeping what
+// the server itself set.
+func discardUpstreamHeaders(h http.Header) {
+	for k := range h {
+		if k != "Server" && k != "Alt-Svc" {
+			delete(h, k)
+		}
+	}
+}
+
+// proxyInto runs Caddy's reverse proxy. When a held-back body outgrows its
+// limit, the proxy aborts the stream with http.ErrAbortHandler, as it does
+// for any failed copy; nothing has reached the client then, so that one
+// abort becomes an error the handler can still answer with a refusal.
+func proxyInto(rp *reverseproxy.Handler, ow *originWriter, r *http.Request, next caddyhttp.Handler) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler && ow.tooLarge {
+				err = errResponseTooLarge
+				return
+			}
+			panic(p)
+		}
+	}()
+	return rp.ServeHTTP(ow, r, next)
+}
+
+// rewriteRequestBody points the API URLs in a request body at the upstream:
+// URLs on the client's origin (a sidecar's http://localhost:8080) and
+// absolute Klarna API URLs the app has hard-coded. The body was already
+// bounded by limitRequestBody.
+func (h *Handler) rewriteRequestBody(r *http.Request, bodies *bodyRewrite, o Origins) {
+	if len(bodies.request) == 0 || r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		return
+	}
+	out := body
+	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
+		h.noticeOnce(bodies.endpoint+" request", "encoded request body ("+enc+") passed unchanged")
+	} else {
+		rewritten, _, err := RewriteJSONFields(body, bodies.request, func(u string) (string, bool) {
+			if nu, ok := o.ToUpstream(u); ok {
+				return nu, true
+			}
+			return h.hosts.RewriteToKustom(u)
+		})
+		if err != nil {
+			h.noticeOnce(bodies.endpoint+" request", err.Error())
+		} else {
+			out = rewritten
+		}
+	}
+	r.Body = io.NopCloser(bytes.NewReader(out))
+	r.ContentLength = int64(len(out))
+	r.Header.Set("Content-Length", strconv.Itoa(len(out)))
+}
+
+// noticed holds the notices already logged: a body that is not the JSON
+// expected is logged once per endpoint and kind, not once per request.
+var noticed sync.Map
+
+func (h *Handler) noticeOnce(where, what string) {
+	if _, seen := noticed.LoadOrStore(where, struct{}{}); seen {
+		return
+	}
+	h.logger.Warn("body passed unchanged: not the JSON expected (logged once per endpoint)",
+		zap.String("endpoint", where), zap.String("problem", what))
 }
 
 // request is what the handler learns about one request as it goes, for the

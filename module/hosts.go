@@ -147,6 +147,35 @@ func (hm *HostMap) FromHosts() []string {
 	return out
 }
 
+// RewriteToKustom turns an absolute https URL on a mapped Klarna API host into
+// the same URL on its Kustom host (https://api.klarna.com/checkout/v3/orders/1
+// → https://api.kustom.co/checkout/v3/orders/1). Other URLs are left alone.
+func (hm *HostMap) RewriteToKustom(u string) (string, bool) {
+	const scheme = "https://"
+	if len(u) <= len(scheme) || !strings.EqualFold(u[:len(scheme)], scheme) {
+		return u, false
+	}
+	end := strings.IndexAny(u[len(scheme):], "/?#")
+	authority := u[len(scheme):]
+	if end >= 0 {
+		authority = authority[:end]
+	}
+	if strings.Contains(authority, "@") {
+		return u, false
+	}
+	if h, port, err := net.SplitHostPort(authority); err == nil {
+		if port != "443" {
+			return u, false
+		}
+		authority = h
+	}
+	r, ok := hm.routes[NormalizeHost(authority)]
+	if !ok || r.FromHost == r.ToHost {
+		return u, false
+	}
+	return RewriteOrigin(u, scheme+authority, scheme+r.ToHost)
+}
+
 // IsKlarnaHost tells whether host is a legacy Klarna host: traffic on it means
 // the app has not switched yet.
 func IsKlarnaHost(host string) bool {

@@ -23,6 +23,7 @@ const (
 	ReasonUpstreamTimeout        Reason = "upstream_timeout"
 	ReasonRequestTooLarge        Reason = "request_too_large"
 	ReasonBadRequestBody         Reason = "bad_request_body"
+	ReasonResponseTooLarge       Reason = "response_too_large"
 )
 
 // ErrorHeader carries the Reason on every answer the shim makes itself.
@@ -56,6 +57,8 @@ var refusals = map[Reason]refusalKind{
 		"kustom-shim: the request body is larger than max_request_body (Klarna's and Kustom's limit is 1 MB)"},
 	ReasonBadRequestBody: {http.StatusBadRequest, "BAD_VALUE",
 		"kustom-shim: the request body could not be read"},
+	ReasonResponseTooLarge: {http.StatusBadGateway, "BAD_GATEWAY",
+		"kustom-shim: the upstream's JSON answer is too large to rewrite its API URLs (limit 8 MiB)"},
 	ReasonUpstreamUnreachable: {http.StatusBadGateway, "BAD_GATEWAY",
 		"kustom-shim: the upstream API could not be reached"},
 	ReasonUpstreamTimeout: {http.StatusGatewayTimeout, "GATEWAY_TIMEOUT",
@@ -63,7 +66,12 @@ var refusals = map[Reason]refusalKind{
 }
 
 // Status is the HTTP status of a refusal for reason.
-func (r Reason) Status() int { return refusals[r].status }
+func (r Reason) Status() int {
+	if k, ok := refusals[r]; ok {
+		return k.status
+	}
+	return http.StatusInternalServerError
+}
 
 // errorBody is the error shape Klarna's and Kustom's client libraries parse.
 type errorBody struct {

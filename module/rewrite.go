@@ -1,8 +1,12 @@
 package module
 
 import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -86,17 +90,33 @@ func rewriteHeaderURLs(h http.Header, o Origins) {
 
 // originWriter rewrites URL headers as the upstream's response header is
 // written, and remembers whether anything was written so that the handler
-// knows whether an upstream error can still be answered with a refusal.
+// knows whether an upstream error can still be answered with a refusal. On
+// the few endpoints whose JSON carries API URLs it holds the body back
+// (within maxResponseRewrite) so that finish can rewrite it.
 type originWriter struct {
 	*caddyhttp.ResponseWriterWrapper
 	origins     Origins
 	wroteHeader bool
 	status      int
 	headerAt    time.Time // when the upstream's response header was written
+
+	rewrite   *bodyRewrite // nil: stream everything
+	buffering bool
+	tooLarge  bool
+	buf       bytes.Buffer
 }
 
-func newOriginWriter(w http.ResponseWriter, o Origins) *originWriter {
-	return &originWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origins: o}
+// MaxResponseRewrite bounds the JSON bodies held in memory for rewriting.
+// HPP sessions are a few kB and a settlement page of hundreds of payouts well
+// under 1 MB; a larger body is refused rather than passed with Kustom URLs.
+const MaxResponseRewrite = 8 << 20
+
+func newOriginWriter(w http.ResponseWriter, o Origins, rw *bodyRewrite) *originWriter {
+	ow := &originWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origins: o}
+	if rw != nil && len(rw.response) > 0 {
+		ow.rewrite = rw
+	}
+	return ow
 }
 
 func (w *originWriter) WriteHeader(code int) {
@@ -105,20 +125,112 @@ func (w *originWriter) WriteHeader(code int) {
 		w.status = code
 		w.headerAt = time.Now()
 		rewriteHeaderURLs(w.Header(), w.origins)
+		if w.rewrite != nil && code >= 200 && code < 300 && rewritableBody(w.Header()) {
+			w.buffering = true
+			if cl, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64); err == nil && cl > MaxResponseRewrite {
+				w.tooLarge = true
+			}
+			return // written by finish
+		}
 	}
 	w.ResponseWriterWrapper.WriteHeader(code)
+}
+
+// rewritableBody: JSON, and an encoding finish can read.
+func rewritableBody(h http.Header) bool {
+	ct := strings.ToLower(h.Get("Content-Type"))
+	if !strings.Contains(ct, "json") {
+		return false
+	}
+	switch strings.ToLower(h.Get("Content-Encoding")) {
+	case "", "identity", "gzip":
+		return true
+	}
+	return false
 }
 
 func (w *originWriter) Write(b []byte) (int, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
+	if w.buffering {
+		if w.tooLarge || w.buf.Len()+len(b) > MaxResponseRewrite {
+			w.tooLarge = true
+			return 0, errResponseTooLarge
+		}
+		return w.buf.Write(b)
+	}
 	return w.ResponseWriterWrapper.Write(b)
 }
+
+var errResponseTooLarge = fmt.Errorf("response body over %d bytes cannot be rewritten", MaxResponseRewrite)
 
 func (w *originWriter) ReadFrom(r io.Reader) (int64, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
+	if w.buffering {
+		return io.Copy(writerOnly{w}, r)
+	}
 	return w.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// FlushError keeps a held-back response held back; otherwise it flushes.
+func (w *originWriter) FlushError() error {
+	if w.buffering {
+		return nil
+	}
+	return http.NewResponseController(w.ResponseWriterWrapper).Flush()
+}
+
+type writerOnly struct{ io.Writer }
+
+// finish writes a held-back body, rewritten. It reports ReasonResponseTooLarge
+// when the body was over the limit: nothing has reached the client then, so
+// the handler can still refuse. A body that is not the JSON expected goes out
+// as it came, and notice says so (once per endpoint, by the caller).
+func (w *originWriter) finish() (reason Reason, notice string) {
+	if !w.buffering {
+		return "", ""
+	}
+	w.buffering = false
+	if w.tooLarge {
+		return ReasonResponseTooLarge, ""
+	}
+	h := w.Header()
+	body := w.buf.Bytes()
+	plain, decodeErr := decodeBody(body, h.Get("Content-Encoding"))
+	var out []byte
+	var err error = decodeErr
+	if err == nil {
+		out, _, err = RewriteJSONFields(plain, w.rewrite.response, w.origins.ToClient)
+	}
+	if err != nil {
+		notice = err.Error()
+		out = body // unchanged, as the upstream sent it
+	} else {
+		h.Del("Content-Encoding")
+	}
+	h.Set("Content-Length", strconv.Itoa(len(out)))
+	w.ResponseWriterWrapper.WriteHeader(w.status)
+	_, _ = w.ResponseWriterWrapper.Write(out)
+	return "", notice
+}
+
+func decodeBody(b []byte, encoding string) ([]byte, error) {
+	if !strings.EqualFold(encoding, "gzip") {
+		return b, nil
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("gzip body: %v", err)
+	}
+	out, err := io.ReadAll(io.LimitReader(zr, MaxResponseRewrite+1))
+	if err != nil {
+		return nil, fmt.Errorf("gzip body: %v", err)
+	}
+	if len(out) > MaxResponseRewrite {
+		return nil, errResponseTooLarge
+	}
+	return out, nil
 }
