@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Credential pairs the Klarna key a legacy app still sends with the Kustom
@@ -179,6 +180,9 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 		if err != nil {
 			return nil, nil, fail("kustom_username", "%v", err)
 		}
+		if strings.Contains(kuser, ":") {
+			return nil, nil, fail("kustom_username", "may not contain ':' (Basic auth would split it)")
+		}
 		switch {
 		case c.KustomPassword != "" && c.KustomAPIKey != "":
 			return nil, nil, fail("kustom_password", "set kustom_password or kustom_api_key, not both")
@@ -301,11 +305,20 @@ func basic(user, pass string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
 }
 
+// hashAlgorithm names the comparer for a hash and checks that the hash is
+// well formed, so that a truncated paste fails at load instead of refusing
+// every request with wrong_password.
 func hashAlgorithm(hash string) (string, error) {
 	switch {
 	case strings.HasPrefix(hash, "$2a$"), strings.HasPrefix(hash, "$2b$"), strings.HasPrefix(hash, "$2y$"):
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil || len(hash) != 60 {
+			return "", fmt.Errorf("not a well-formed bcrypt hash")
+		}
 		return "bcrypt", nil
 	case strings.HasPrefix(hash, "$argon2id$"):
+		if _, _, err := caddyauth.DecodeHash([]byte(hash)); err != nil {
+			return "", fmt.Errorf("not a well-formed argon2id hash")
+		}
 		return "argon2id", nil
 	}
 	return "", fmt.Errorf("not a bcrypt or argon2id hash (make one with: kustom-shim hash-password)")
