@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -114,6 +116,32 @@ func TestExampleStartsWithoutSecrets(t *testing.T) {
 	if resp.StatusCode != 403 || resp.Header.Get("Kustom-Shim-Error") != "unmatched_path" {
 		t.Fatalf("status %d, reason %q", resp.StatusCode, resp.Header.Get("Kustom-Shim-Error"))
 	}
+
+	// The status page and the metrics the example serves.
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/kustom-shim/status", port), nil)
+	req.Header.Set("Accept", "application/json")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status struct {
+		SwitchComplete bool              `json:"switch_complete"`
+		Services       []json.RawMessage `json:"services"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&status)
+	resp.Body.Close()
+	if err != nil || len(status.Services) != 5 || !status.SwitchComplete {
+		t.Errorf("status page: %v, %d services, complete %v", err, len(status.Services), status.SwitchComplete)
+	}
+	resp, err = http.Get(fmt.Sprintf("http://127.0.0.1:%d/kustom-shim/metrics", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `kustom_shim_refused_total{reason="unmatched_path"} 1`) {
+		t.Errorf("metrics lack the refusal:\n%.2000s", metrics)
+	}
 }
 
 // TestKustomVerify: one key the test upstream accepts, one it rejects.
@@ -190,4 +218,147 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// shimProcess is a kustom-shim started with `run`, stopped when the test ends.
+type shimProcess struct {
+	port, admin int
+	logs        *strings.Builder
+}
+
+func startProcess(t *testing.T, caddyfile string, port, admin int) *shimProcess {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	cmd := exec.Command(bin, "run", "--config", path)
+	cmd.Env = []string{"HOME=" + home, "XDG_DATA_HOME=" + home, "XDG_CONFIG_HOME=" + home}
+	p := &shimProcess{port: port, admin: admin, logs: new(strings.Builder)}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// SIGINT: a graceful stop, which writes the last-used state.
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kustom-shim did not start:\n%s", p.logs.String())
+		}
+	}
+}
+
+func (p *shimProcess) get(t *testing.T, host, path string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", p.port, path), nil)
+	req.Host = host
+	req.SetBasicAuth("K1_app", "their-own-password")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func fleetConfig(up *testupstream.Upstream, storage, instance string, port, admin int) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	storage file_system %s
+	kustom {
+		flush_interval 1s
+		instance_id %s
+	}
+}
+
+:%d {
+	bind 127.0.0.1
+	kustom {
+		unknown_credentials keep
+		upstream https://%s
+		transport http {
+			tls_trust_pool file %s
+		}
+	}
+}
+`, admin, storage, instance, port, up.Addr, up.CAFile)
+}
+
+// TestKustomStatusFromRunningShim: the terminal table of a running shim,
+// before any traffic and after an app called a Klarna host.
+func TestKustomStatusFromRunningShim(t *testing.T) {
+	up := testupstream.New(t)
+	port, admin := freePort(t), freePort(t)
+	p := startProcess(t, fleetConfig(up, t.TempDir(), "solo", port, admin), port, admin)
+
+	out, code := run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", admin))
+	if code != 0 || !strings.Contains(out, "All services use Kustom endpoints") {
+		t.Fatalf("before traffic: exit %d\n%s", code, out)
+	}
+	if got := p.get(t, "api.klarna.com", "/checkout/v3/orders/o1"); got != 200 {
+		t.Fatalf("status %d", got)
+	}
+	out, code = run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", admin))
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	var row string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "Checkout ") {
+			row = l
+		}
+	}
+	for _, want := range []string{"api.klarna.com", "api.kustom.co", time.Now().UTC().Format("2006-01-02"), "Switch the app calling api.klarna.com"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("checkout row %q lacks %q", row, want)
+		}
+	}
+	if !strings.Contains(out, "Action required: some services were called on a Klarna host in the last 7 days") {
+		t.Errorf("no action summary:\n%s", out)
+	}
+	if strings.Contains(out, "their-own-password") {
+		t.Error("the status prints a caller's password")
+	}
+}
+
+// TestFleetSharesLastUsed: two shim processes sharing one storage directory
+// (as a fleet shares Redis or Consul through a Caddy storage module): one
+// reports the other's traffic.
+func TestFleetSharesLastUsed(t *testing.T) {
+	up := testupstream.New(t)
+	storage := t.TempDir()
+	pa, aa := freePort(t), freePort(t)
+	pb, ab := freePort(t), freePort(t)
+	a := startProcess(t, fleetConfig(up, storage, "shim-a", pa, aa), pa, aa)
+	startProcess(t, fleetConfig(up, storage, "shim-b", pb, ab), pb, ab)
+
+	if got := a.get(t, "api-oc.klarna.com", "/settlements/v1/payouts"); got != 200 {
+		t.Fatalf("status %d", got)
+	}
+	// B never saw that call; within a few flush intervals it reports it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", ab))
+		if strings.Contains(out, "api-oc.klarna.com") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shim B never showed shim A's traffic:\n%s", out)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
 }
