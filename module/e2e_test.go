@@ -469,6 +469,18 @@ func klarnaHostClient(t *testing.T, shim *shimtest.Shim, port int, hosts ...stri
 	if !pool.AppendCertsFromPEM(pemBytes) {
 		t.Fatal("bad root PEM")
 	}
+	// The file is written a moment before the certificate is in Caddy's
+	// cache: wait until a handshake for each host succeeds.
+	for _, h := range hosts {
+		shimtest.WaitFor(t, "a TLS handshake for "+h, 15*time.Second, func() bool {
+			c, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{ServerName: h, RootCAs: pool})
+			if err != nil {
+				return false
+			}
+			c.Close()
+			return true
+		})
+	}
 	c := shimtest.Client()
 	c.Transport = &http.Transport{
 		TLSClientConfig:   &tls.Config{RootCAs: pool},
