@@ -14,19 +14,7 @@ import (
 // instead of off.
 func adminGlobals(port int) func(*shimtest.Shim) string {
 	return func(s *shimtest.Shim) string {
-		return fmt.Sprintf(`{
-	admin localhost:%d
-	persist_config off
-	storage file_system %s
-	skip_install_trust
-	auto_https disable_redirects
-	log default {
-		output file %s
-		format json
-		level DEBUG
-	}
-}
-`, port, s.Dir, s.ErrorLog)
+		return s.GlobalsWithAdmin(fmt.Sprintf("localhost:%d", port), "")
 	}
 }
 

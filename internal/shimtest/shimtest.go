@@ -45,12 +45,15 @@ func New(t testing.TB) *Shim {
 // Globals is the global options block every test config starts with: no
 // admin endpoint unless asked for, storage in the test's directory, no
 // attempt to touch the system trust store or port 80.
-func (s *Shim) Globals(extra string) string {
+func (s *Shim) Globals(extra string) string { return s.GlobalsWithAdmin("off", extra) }
+
+// GlobalsWithAdmin is Globals with the admin endpoint at addr.
+func (s *Shim) GlobalsWithAdmin(addr, extra string) string {
 	if extra != "" {
 		extra = "\t" + extra + "\n"
 	}
 	return fmt.Sprintf(`{
-	admin off
+	admin %s
 	persist_config off
 	storage file_system %s
 	skip_install_trust
@@ -61,7 +64,7 @@ func (s *Shim) Globals(extra string) string {
 		level DEBUG
 	}
 %s}
-`, s.Dir, s.ErrorLog, extra)
+`, addr, s.Dir, s.ErrorLog, extra)
 }
 
 // Adapt turns a Caddyfile into Caddy's JSON.
