@@ -72,6 +72,31 @@ func checkError(t *testing.T, tc configErrorCase, err error) {
 func TestAdaptErrors(t *testing.T) {
 	cases := []configErrorCase{
 		{
+			name: "intercept_connect with an argument",
+			site: kustomBlock("intercept_connect yes"),
+			want: []string{"intercept_connect"},
+		},
+		{
+			name: "proxy_auth without a hash",
+			site: kustomBlock("intercept_connect\nproxy_auth apps"),
+			want: []string{"proxy_auth", "<username> <password-hash>"},
+		},
+		{
+			name: "max_concurrent zero",
+			site: credential("klarna_username K1\nmax_concurrent 0"),
+			want: []string{`credential "shop1"`, "max_concurrent", "positive"},
+		},
+		{
+			name: "max_concurrent not a number",
+			site: credential("klarna_username K1\nmax_concurrent many"),
+			want: []string{`credential "shop1"`, "max_concurrent", "many"},
+		},
+		{
+			name: "max_concurrent twice",
+			site: credential("klarna_username K1\nmax_concurrent 2\nmax_concurrent 3"),
+			want: []string{`credential "shop1"`, "max_concurrent", "already"},
+		},
+		{
 			name: "unknown subdirective",
 			site: kustomBlock("frobnicate on"),
 			want: []string{"kustom", `"frobnicate"`},
@@ -282,6 +307,16 @@ func TestProvisionErrors(t *testing.T) {
 		"KUSTOMSHIM_TEST_KUSTOM_PASSWORD": envSecret + "-kustom",
 	}
 	cases := []configErrorCase{
+		{
+			name: "proxy_auth without intercept_connect",
+			site: kustomBlock("proxy_auth apps " + bcryptHash),
+			want: []string{"proxy_auth", "intercept_connect"},
+		},
+		{
+			name: "proxy_auth with a broken hash",
+			site: kustomBlock("intercept_connect\nproxy_auth apps $2a$10$" + literalSecret),
+			want: []string{"proxy_auth", "password_hash", "bcrypt"},
+		},
 		{
 			name: "literal klarna_password",
 			site: credential("klarna_username K1\nklarna_password " + literalSecret + "\n" + apiKey),

@@ -6,6 +6,7 @@ package caddyfile
 import (
 	"math"
 	"net/http"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -33,6 +34,8 @@ func init() {
 //	    unknown_credentials reject|keep
 //	    max_request_body <size>
 //	    upstream <url>
+//	    intercept_connect
+//	    proxy_auth <username> <bcrypt or argon2id hash>
 //	    transport http {
 //	        <Caddy's reverse_proxy http transport options>
 //	    }
@@ -41,6 +44,7 @@ func init() {
 //	        klarna_password {env.NAME} | klarna_password_hash <bcrypt or argon2id hash>
 //	        kustom_username <username>
 //	        kustom_password {env.NAME} | kustom_api_key {env.NAME}
+//	        max_concurrent <n>
 //	    }
 //	}
 func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -166,6 +170,24 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 				return nil, d.Errf("transport: %T is not a RoundTripper", unm)
 			}
 			k.TransportRaw = caddyconfig.JSONModuleObject(unm, "protocol", "http", nil)
+		case "intercept_connect":
+			if err := once(sub); err != nil {
+				return nil, err
+			}
+			if d.NextArg() {
+				return nil, argErr(sub, "intercept_connect")
+			}
+			k.InterceptConnect = true
+		case "proxy_auth":
+			if err := once(sub); err != nil {
+				return nil, err
+			}
+			pa := new(module.ProxyAuth)
+			if !d.AllArgs(&pa.Username, &pa.PasswordHash) {
+				// Never echo the arguments.
+				return nil, argErr(sub, "proxy_auth <username> <password-hash>")
+			}
+			k.ProxyAuth = pa
 		case "credential":
 			c, err := parseCredential(d)
 			if err != nil {
@@ -199,6 +221,21 @@ func parseCredential(d *caddyfile.Dispenser) (module.Credential, error) {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
+		if name == "max_concurrent" {
+			var raw string
+			if c.MaxConcurrent != 0 {
+				return c, d.Errf("credential %q: max_concurrent already specified", c.Name)
+			}
+			if !d.AllArgs(&raw) {
+				return c, d.Errf("credential %q: max_concurrent takes exactly one number", c.Name)
+			}
+			n, err := strconv.Atoi(raw)
+			if err != nil || n <= 0 {
+				return c, d.Errf("credential %q: max_concurrent: %q is not a positive whole number", c.Name, raw)
+			}
+			c.MaxConcurrent = n
+			continue
+		}
 		dst, ok := fields[name]
 		if !ok {
 			return c, d.Errf("credential %q: unrecognized option %q", c.Name, name)

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
@@ -53,6 +54,11 @@ type Credential struct {
 	// kustom_username it is sent as the password. Must be an {env.*} or
 	// {file.*} placeholder.
 	KustomAPIKey string `json:"kustom_api_key,omitempty"`
+
+	// At most this many of this credential's requests are in flight to
+	// Kustom at once; more get 429 with Retry-After. 0: no limit. On a
+	// shared gateway it keeps one store's burst from starving the others.
+	MaxConcurrent int `json:"max_concurrent,omitempty"`
 }
 
 // What happened to a caller's credentials; also the metrics label values.
@@ -79,7 +85,25 @@ type AuthOutcome struct {
 	// Authorization is the header value to send upstream when Result is
 	// ResultSwapped; otherwise the caller's own header goes unchanged.
 	Authorization string
+
+	limit *concurrencyLimit // the credential's max_concurrent, if any
 }
+
+// concurrencyLimit counts one credential's requests in flight.
+type concurrencyLimit struct {
+	max      int32
+	inflight atomic.Int32
+}
+
+func (l *concurrencyLimit) acquire() bool {
+	if l.inflight.Add(1) > l.max {
+		l.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (l *concurrencyLimit) release() { l.inflight.Add(-1) }
 
 // storedCredential is a Credential resolved for the hot path: the outgoing
 // header is built once and the password is kept only as a digest.
@@ -88,6 +112,7 @@ type storedCredential struct {
 	passwordSum   [sha256.Size]byte // plaintext Klarna password, hashed for a fixed-length compare
 	hasher        *caddyauth.HTTPBasicAuth
 	authorization string
+	limit         *concurrencyLimit
 }
 
 // CredentialStore matches callers' Basic credentials against the configured
@@ -154,6 +179,12 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 			return nil, nil, fail("klarna_username", "used by another credential")
 		}
 		sc := &storedCredential{name: c.Name}
+		switch {
+		case c.MaxConcurrent < 0:
+			return nil, nil, fail("max_concurrent", "must not be negative")
+		case c.MaxConcurrent > 0:
+			sc.limit = &concurrencyLimit{max: int32(min(c.MaxConcurrent, 1<<30))}
+		}
 		environment := ""
 
 		switch {
@@ -281,7 +312,7 @@ func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
 		// keep: forwarding a password we know to be wrong helps nobody.
 		return AuthOutcome{Credential: sc.name, Result: ResultRejected, Refusal: ReasonWrongPassword}
 	}
-	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization}
+	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization, limit: sc.limit}
 }
 
 func (sc *storedCredential) passwordMatches(r *http.Request, pass string) bool {

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/kustomshim/kustomshim/internal/shimtest"
+	"github.com/kustomshim/kustomshim/internal/testdns"
 	"github.com/kustomshim/kustomshim/internal/testupstream"
 )
 
@@ -554,5 +555,59 @@ func TestResponseStreams(t *testing.T) {
 	rest, _ := io.ReadAll(br)
 	if string(rest) != "p1,100\n" {
 		t.Errorf("rest %q", rest)
+	}
+}
+
+// TestDNSOverrideFlow: an app whose DNS (here a DNS server on loopback)
+// points the Klarna hosts at the shim, and which trusts only Caddy's local
+// root, runs a checkout and an order-management flow unchanged.
+func TestDNSOverrideFlow(t *testing.T) {
+	t.Setenv("KS_KLARNA_PW", klarnaPassword)
+	t.Setenv("KS_KUSTOM_KEY", kustomKey)
+	shim := shimtest.New(t)
+	up := testupstream.New(t)
+	port := shimtest.FreePort(t)
+	hosts := []string{"api.klarna.com", "api-na.klarna.com", "api.playground.klarna.com"}
+	sites := make([]string, len(hosts))
+	for i, h := range hosts {
+		sites[i] = fmt.Sprintf("https://%s:%d", h, port)
+	}
+	shim.Start(t, shim.Globals("local_certs")+fmt.Sprintf(`
+%s {
+	tls internal
+	kustom {
+		upstream https://%s
+		transport http {
+			tls_trust_pool file %s
+		}
+		credential shop1 {
+			klarna_username %s
+			klarna_password {env.KS_KLARNA_PW}
+			kustom_api_key {env.KS_KUSTOM_KEY}
+		}
+	}
+}`, strings.Join(sites, ", "), up.Addr, up.CAFile, klarnaUser))
+	kustomFlow(up)
+	pool, _ := caddyRoot(t, shim)
+	dns := testdns.Start(t, hosts...)
+	dialer := &net.Dialer{Resolver: dns.Resolver(), Timeout: 5 * time.Second}
+	c := shimtest.Client()
+	c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DialContext: dialer.DialContext, ForceAttemptHTTP2: true}
+	for _, h := range hosts {
+		want := map[string]string{"api.klarna.com": "api.kustom.co", "api-na.klarna.com": "api.kustom.co",
+			"api.playground.klarna.com": "api.playground.kustom.co"}[h]
+		t.Run(h, func(t *testing.T) {
+			base := fmt.Sprintf("https://%s:%d", h, port)
+			shimtest.WaitFor(t, "the certificate for "+h, 15*time.Second, func() bool {
+				resp, err := c.Get(base + "/customer-token/v1/tokens/t0")
+				if err == nil {
+					resp.Body.Close()
+				}
+				return err == nil
+			})
+			up.Reset()
+			runKlarnaFlow(t, c, base)
+			checkUpstreamFlow(t, up, want)
+		})
 	}
 }

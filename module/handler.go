@@ -73,6 +73,17 @@ type Handler struct {
 	// always set to the Kustom host.
 	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
 
+	// Accept `CONNECT <api-host>:443` from apps that honour HTTPS_PROXY but
+	// cannot change their URLs or DNS: the shim terminates the tunnel's TLS
+	// with a certificate from Caddy's internal CA (which the app must
+	// trust) and serves the requests in it as requests for that host. A
+	// CONNECT to any host outside the map is refused either way.
+	InterceptConnect bool `json:"intercept_connect,omitempty"`
+
+	// Requires Basic Proxy-Authorization on CONNECT and proxy-form
+	// requests, for a gateway shared by many apps.
+	ProxyAuth *ProxyAuth `json:"proxy_auth,omitempty"`
+
 	hosts       *HostMap
 	creds       *CredentialStore
 	resolved    []ResolvedCredential
@@ -80,6 +91,7 @@ type Handler struct {
 	passthrough *proxyTarget
 	logger      *zap.Logger
 	app         *App
+	connect     *connectIntercept
 }
 
 // UnmatchedPolicy is the policy for paths Kustom did not take over.
@@ -125,6 +137,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if h.creds, h.resolved, err = NewCredentialStore(ctx, h.Credentials, h.UnknownCredentials); err != nil {
+		return err
+	}
+	if err := h.provisionConnect(ctx); err != nil {
 		return err
 	}
 	dialOverride, err := parseUpstreamOverride(h.Upstream)
@@ -188,11 +203,24 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP routes, authenticates and proxies one request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	rq := request{extra: extraFields(r), repl: repl, service: Classify(r.URL.Path)}
+	rq := request{extra: extraFields(r), repl: repl, service: Classify(r.URL.Path), route: Route{FromHost: labelUnknownHost}}
 
-	route, ok := h.hosts.Resolve(r.Host)
-	if !ok {
-		rq.route = Route{FromHost: labelUnknownHost}
+	if r.Method == http.MethodConnect {
+		rq.service = Unmatched
+		return h.serveConnect(w, r, &rq)
+	}
+	var route Route
+	var ok bool
+	if isProxyForm(r) {
+		// An app using the shim as its HTTP proxy: only mapped API hosts,
+		// never the default target, which serves requests for the shim.
+		if route, ok = h.hosts.Lookup(r.Host); !ok {
+			return h.refuse(w, &rq, ReasonProxyRefused)
+		}
+		if !h.connect.proxyAuthorized(r) {
+			return h.refuse(w, &rq, ReasonProxyAuthRequired)
+		}
+	} else if route, ok = h.hosts.Resolve(r.Host); !ok {
 		return h.refuse(w, &rq, ReasonUnknownTarget)
 	}
 	rq.route = route
@@ -214,6 +242,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			// Safe to change in place: the access log holds its own clone
 			// of the request, made before any handler ran.
 			r.Header["Authorization"] = []string{auth.Authorization}
+		}
+		if auth.limit != nil {
+			if !auth.limit.acquire() {
+				return h.refuse(w, &rq, ReasonTooManyRequests)
+			}
+			defer auth.limit.release()
 		}
 	}
 	if reason := limitRequestBody(r, h.MaxRequestBody); reason != "" {
@@ -407,6 +441,12 @@ func (h *Handler) refuse(w http.ResponseWriter, rq *request, reason Reason) erro
 	id, _ := rq.repl.GetString("http.request.uuid")
 	WriteRefusal(w, reason, id)
 	return nil
+}
+
+// isProxyForm reports a request in absolute form (GET http://host/path), as
+// an app sends it to its HTTP proxy.
+func isProxyForm(r *http.Request) bool {
+	return r.RequestURI != "" && r.RequestURI[0] != '/' && r.RequestURI != "*"
 }
 
 // DefaultMaxRequestBody is Klarna's documented request body limit.

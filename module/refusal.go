@@ -24,6 +24,10 @@ const (
 	ReasonRequestTooLarge        Reason = "request_too_large"
 	ReasonBadRequestBody         Reason = "bad_request_body"
 	ReasonResponseTooLarge       Reason = "response_too_large"
+	ReasonConnectRefused         Reason = "connect_refused"
+	ReasonProxyRefused           Reason = "proxy_refused"
+	ReasonProxyAuthRequired      Reason = "proxy_auth_required"
+	ReasonTooManyRequests        Reason = "too_many_requests"
 )
 
 // ErrorHeader carries the Reason on every answer the shim makes itself.
@@ -59,6 +63,14 @@ var refusals = map[Reason]refusalKind{
 		"kustom-shim: the request body could not be read"},
 	ReasonResponseTooLarge: {http.StatusBadGateway, "BAD_GATEWAY",
 		"kustom-shim: the upstream's JSON answer is too large to rewrite its API URLs (limit 8 MiB)"},
+	ReasonConnectRefused: {http.StatusForbidden, "FORBIDDEN",
+		"kustom-shim: CONNECT is accepted only for mapped Klarna and Kustom API hosts on port 443, with intercept_connect; the shim opens no tunnels"},
+	ReasonProxyRefused: {http.StatusForbidden, "FORBIDDEN",
+		"kustom-shim: as a proxy, the shim serves only mapped Klarna and Kustom API hosts"},
+	ReasonProxyAuthRequired: {http.StatusProxyAuthRequired, "PROXY_AUTHENTICATION_REQUIRED",
+		"kustom-shim: this gateway needs Proxy-Authorization"},
+	ReasonTooManyRequests: {http.StatusTooManyRequests, "TOO_MANY_REQUESTS",
+		"kustom-shim: this credential has reached its max_concurrent upstream requests; retry shortly"},
 	ReasonUpstreamUnreachable: {http.StatusBadGateway, "BAD_GATEWAY",
 		"kustom-shim: the upstream API could not be reached"},
 	ReasonUpstreamTimeout: {http.StatusGatewayTimeout, "GATEWAY_TIMEOUT",
@@ -96,8 +108,13 @@ func WriteRefusal(w http.ResponseWriter, reason Reason, correlationID string) {
 	h.Set(ErrorHeader, string(reason))
 	h.Set(CorrelationHeader, correlationID)
 	h.Set("Cache-Control", "no-store")
-	if k.status == http.StatusUnauthorized {
+	switch k.status {
+	case http.StatusUnauthorized:
 		h.Set("Www-Authenticate", `Basic realm="kustom-shim"`)
+	case http.StatusProxyAuthRequired:
+		h.Set("Proxy-Authenticate", `Basic realm="kustom-shim"`)
+	case http.StatusTooManyRequests:
+		h.Set("Retry-After", "1")
 	}
 	w.WriteHeader(k.status)
 	_, _ = w.Write(body.Bytes())

@@ -29,6 +29,10 @@ func TestRefusalShape(t *testing.T) {
 		{ReasonResponseTooLarge, http.StatusBadGateway, "BAD_GATEWAY"},
 		{ReasonUpstreamUnreachable, http.StatusBadGateway, "BAD_GATEWAY"},
 		{ReasonUpstreamTimeout, http.StatusGatewayTimeout, "GATEWAY_TIMEOUT"},
+		{ReasonConnectRefused, http.StatusForbidden, "FORBIDDEN"},
+		{ReasonProxyRefused, http.StatusForbidden, "FORBIDDEN"},
+		{ReasonProxyAuthRequired, http.StatusProxyAuthRequired, "PROXY_AUTHENTICATION_REQUIRED"},
+		{ReasonTooManyRequests, http.StatusTooManyRequests, "TOO_MANY_REQUESTS"},
 	}
 	tested := map[Reason]bool{}
 	for _, c := range cases {
@@ -81,6 +85,12 @@ func checkRefusal(t *testing.T, reason Reason, status int, correlationID string)
 		}
 	} else if wwwAuth != "" {
 		t.Errorf("%s: %d with WWW-Authenticate %q", reason, status, wwwAuth)
+	}
+	if proxyAuth := res.Header.Get("Proxy-Authenticate"); (status == http.StatusProxyAuthRequired) != strings.HasPrefix(proxyAuth, "Basic ") {
+		t.Errorf("%s: %d with Proxy-Authenticate %q", reason, status, proxyAuth)
+	}
+	if retry := res.Header.Get("Retry-After"); (status == http.StatusTooManyRequests) != (retry != "") {
+		t.Errorf("%s: %d with Retry-After %q", reason, status, retry)
 	}
 
 	raw := rec.Body.Bytes()

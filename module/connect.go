@@ -1,0 +1,266 @@
+package module
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"go.uber.org/zap"
+)
+
+// An app that honours HTTPS_PROXY but cannot change its URLs or DNS sends
+// `CONNECT api.klarna.com:443`. With intercept_connect the shim answers the
+// TLS handshake inside that tunnel itself, with a certificate for the host
+// from Caddy's internal CA (the one `tls internal` uses: no second CA), and
+// serves the requests in it through the same Caddy server as a request
+// addressed to api.klarna.com. It never opens a tunnel to anywhere: a CONNECT
+// for a host outside the map is refused, so the shim is no open proxy.
+
+// ProxyAuth guards a shared gateway's CONNECT and proxy-form requests with
+// Basic Proxy-Authorization.
+type ProxyAuth struct {
+	// The proxy username the apps send.
+	Username string `json:"username"`
+	// A bcrypt or argon2id hash of the proxy password (`kustom-shim
+	// hash-password`), checked through Caddy's basic_auth comparers.
+	PasswordHash string `json:"password_hash"`
+}
+
+// connectIntercept is the provisioned form of intercept_connect.
+type connectIntercept struct {
+	tlsConfig *tls.Config
+	auth      *caddyauth.HTTPBasicAuth // nil: no proxy authentication
+	logger    *zap.Logger
+	conns     sync.WaitGroup
+}
+
+// Timeouts for the connections inside a tunnel, which no Caddy server
+// option covers: a client that opens a tunnel and goes quiet is dropped.
+const (
+	tunnelHandshakeTimeout = 10 * time.Second
+	tunnelHeaderTimeout    = 30 * time.Second
+	tunnelIdleTimeout      = 2 * time.Minute
+)
+
+func (h *Handler) provisionConnect(ctx caddy.Context) error {
+	if !h.InterceptConnect {
+		if h.ProxyAuth != nil {
+			return fmt.Errorf("proxy_auth: goes with intercept_connect")
+		}
+		return nil
+	}
+	tlsIface, err := ctx.App("tls")
+	if err != nil {
+		return fmt.Errorf("intercept_connect: loading the tls app: %v", err)
+	}
+	tlsApp := tlsIface.(*caddytls.TLS)
+	hosts := h.hosts.FromHosts()
+	// Certificates for every mapped host, from Caddy's internal CA.
+	ap := &caddytls.AutomationPolicy{
+		SubjectsRaw: hosts,
+		IssuersRaw:  []json.RawMessage{json.RawMessage(`{"module":"internal"}`)},
+	}
+	if err := tlsApp.AddAutomationPolicy(ap); err != nil {
+		return fmt.Errorf("intercept_connect: certificates: %v", err)
+	}
+	names := make(map[string]struct{}, len(hosts))
+	for _, n := range hosts {
+		names[n] = struct{}{}
+	}
+	if err := tlsApp.Manage(names); err != nil {
+		return fmt.Errorf("intercept_connect: certificates: %v", err)
+	}
+	policies := caddytls.ConnectionPolicies{{ALPN: []string{"h2", "http/1.1"}}}
+	if err := policies.Provision(ctx); err != nil {
+		return fmt.Errorf("intercept_connect: %v", err)
+	}
+	h.connect = &connectIntercept{tlsConfig: policies.TLSConfig(ctx), logger: h.logger}
+
+	if h.ProxyAuth != nil {
+		if h.ProxyAuth.Username == "" {
+			return fmt.Errorf("proxy_auth: a username is required")
+		}
+		algo, err := hashAlgorithm(h.ProxyAuth.PasswordHash)
+		if err != nil {
+			return fmt.Errorf("proxy_auth: password_hash: %v", err)
+		}
+		hashers, err := provisionHashers(ctx, map[string][]caddyauth.Account{
+			algo: {{Username: h.ProxyAuth.Username, Password: h.ProxyAuth.PasswordHash}},
+		})
+		if err != nil {
+			return fmt.Errorf("proxy_auth: %v", err)
+		}
+		h.connect.auth = hashers[algo]
+	}
+	return nil
+}
+
+// proxyAuthorized checks Proxy-Authorization when proxy_auth is set.
+func (c *connectIntercept) proxyAuthorized(r *http.Request) bool {
+	if c == nil || c.auth == nil {
+		return true
+	}
+	probe := &http.Request{Header: http.Header{"Authorization": r.Header["Proxy-Authorization"]}}
+	_, ok, err := c.auth.Authenticate(discardHeaders{}, probe)
+	return ok && err == nil
+}
+
+// serveConnect answers a CONNECT: refused unless intercepting and the target
+// is a mapped API host on port 443; otherwise the tunnel's TLS is terminated
+// here and its requests served by this Caddy server.
+func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, rq *request) error {
+	if h.connect == nil {
+		return h.refuse(w, rq, ReasonConnectRefused)
+	}
+	host, port, err := net.SplitHostPort(r.Host)
+	if err != nil || port != "443" {
+		return h.refuse(w, rq, ReasonConnectRefused)
+	}
+	route, ok := h.hosts.Lookup(host)
+	if !ok {
+		return h.refuse(w, rq, ReasonConnectRefused)
+	}
+	rq.route = Route{FromHost: route.FromHost}
+	if !h.connect.proxyAuthorized(r) {
+		return h.refuse(w, rq, ReasonProxyAuthRequired)
+	}
+	if r.ProtoMajor != 1 {
+		// An HTTP/2 CONNECT stream cannot be hijacked; apps open their
+		// proxy connections with HTTP/1.1.
+		return h.refuse(w, rq, ReasonConnectRefused)
+	}
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil {
+		return h.refuse(w, rq, ReasonConnectRefused)
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("hijacking CONNECT: %v", err))
+	}
+	rq.logFields()
+	rq.count(http.StatusOK)
+	if _, err := brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n"); err == nil {
+		err = brw.Flush()
+	}
+	if err != nil {
+		conn.Close()
+		return nil
+	}
+	tunnel := &bufferedConn{Conn: conn, r: brw.Reader}
+	h.connect.conns.Add(1)
+	go func() {
+		defer h.connect.conns.Done()
+		h.connect.serveTunnel(tunnel, NormalizeHost(host), srv)
+	}()
+	return nil
+}
+
+// serveTunnel runs one TLS connection inside a CONNECT tunnel: a handshake
+// with the host's certificate, then HTTP/1.1 or HTTP/2 (by ALPN) served by
+// the Caddy server, so that routes, logs, metrics and the kustom handler
+// treat the requests as addressed to that host.
+func (c *connectIntercept) serveTunnel(conn net.Conn, host string, srv *caddyhttp.Server) {
+	tlsConn := tls.Server(conn, c.tlsConfig)
+	ctx, cancel := context.WithTimeout(context.Background(), tunnelHandshakeTimeout)
+	err := tlsConn.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		c.logger.Debug("TLS handshake in CONNECT tunnel failed", zap.String("host", host), zap.Error(err))
+		tlsConn.Close()
+		return
+	}
+	if sni := tlsConn.ConnectionState().ServerName; sni != "" && NormalizeHost(sni) != host {
+		// The certificate chosen by SNI would be for another host than
+		// the tunnel's: refuse rather than serve a confused client.
+		tlsConn.Close()
+		return
+	}
+	l := newOneConnListener(tlsConn)
+	inner := &http.Server{
+		Handler:           tunnelHandler{host: host, next: srv},
+		ReadHeaderTimeout: tunnelHeaderTimeout,
+		IdleTimeout:       tunnelIdleTimeout,
+		ErrorLog:          log.New(zapWriter{c.logger}, "", 0),
+		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+			return context.WithValue(ctx, caddyhttp.ConnCtxKey, nc)
+		},
+		// Serve returns once the one connection is done.
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			if st == http.StateClosed || st == http.StateHijacked {
+				l.done()
+			}
+		},
+	}
+	// The *tls.Conn itself goes to Serve, so that requests carry r.TLS and
+	// ALPN "h2" gets the HTTP/2 server.
+	_ = inner.Serve(l)
+}
+
+// tunnelHandler keeps a tunnel's requests on the host it was opened for.
+type tunnelHandler struct {
+	host string
+	next http.Handler
+}
+
+func (t tunnelHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if NormalizeHost(r.Host) != t.host {
+		WriteRefusal(w, ReasonUnknownTarget, "")
+		return
+	}
+	t.next.ServeHTTP(w, r)
+}
+
+// bufferedConn reads what the client sent right after CONNECT (a ClientHello
+// may already sit in the server's read buffer) before the raw connection.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// oneConnListener hands one connection to http.Server.Serve, then blocks
+// until that connection is done and reports itself closed, so Serve returns.
+type oneConnListener struct {
+	conn     net.Conn
+	accepted sync.Once
+	closed   sync.Once
+	ch       chan struct{}
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	return &oneConnListener{conn: c, ch: make(chan struct{})}
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	var c net.Conn
+	l.accepted.Do(func() { c = l.conn })
+	if c != nil {
+		return c, nil
+	}
+	<-l.ch
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) done()          { l.closed.Do(func() { close(l.ch) }) }
+func (l *oneConnListener) Close() error   { l.done(); return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
+
+// zapWriter sends net/http's own error log lines to the module's logger.
+type zapWriter struct{ l *zap.Logger }
+
+func (z zapWriter) Write(p []byte) (int, error) {
+	z.l.Debug("tunnel server", zap.ByteString("message", p))
+	return len(p), nil
+}
