@@ -33,6 +33,7 @@ func init() {
 //	    unmatched reject | passthrough <url>
 //	    unknown_credentials reject|keep
 //	    max_request_body <size>
+//	    max_request_headers <size>
 //	    upstream <url>
 //	    intercept_connect
 //	    proxy_auth <username> <bcrypt or argon2id hash>
@@ -127,24 +128,28 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 			if k.UnknownCredentials != module.UnknownReject && k.UnknownCredentials != module.UnknownKeep {
 				return nil, d.Errf("unknown_credentials: %q is not one of reject, keep", k.UnknownCredentials)
 			}
-		case "max_request_body":
+		case "max_request_body", "max_request_headers":
 			if err := once(sub); err != nil {
 				return nil, err
 			}
 			var raw string
 			if !d.AllArgs(&raw) {
-				return nil, argErr(sub, "max_request_body <size>")
+				return nil, argErr(sub, sub+" <size>")
 			}
 			// Sizes read as Caddy's own request_body max_size reads them.
 			size, err := humanize.ParseBytes(raw)
 			if err != nil {
-				return nil, d.Errf("max_request_body: %q is not a size such as 1MiB or 512KB", raw)
+				return nil, d.Errf("%s: %q is not a size such as 1MiB or 512KB", sub, raw)
 			}
 			if size == 0 || size > math.MaxInt64 {
 				// 0 in the JSON means the default, not "no body".
-				return nil, d.Errf("max_request_body: %q is out of range", raw)
+				return nil, d.Errf("%s: %q is out of range", sub, raw)
 			}
-			k.MaxRequestBody = int64(size)
+			if sub == "max_request_body" {
+				k.MaxRequestBody = int64(size)
+			} else {
+				k.MaxRequestHeaders = int64(size)
+			}
 		case "upstream":
 			if err := once(sub); err != nil {
 				return nil, err

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
@@ -42,6 +43,17 @@ type App struct {
 	logger   *zap.Logger
 	stop     chan struct{}
 	done     chan struct{}
+	manage   []managed // certificates to have Caddy's tls app manage at start
+}
+
+type managed struct {
+	tls   *caddytls.TLS
+	hosts []string
+}
+
+// manageOnStart asks for certificates for hosts once the config runs.
+func (a *App) manageOnStart(t *caddytls.TLS, hosts []string) {
+	a.manage = append(a.manage, managed{tls: t, hosts: hosts})
 }
 
 // CaddyModule returns the Caddy module information.
@@ -97,6 +109,15 @@ func currentApp() *App {
 
 // Start loads this instance's and its peers' state and begins writing.
 func (a *App) Start() error {
+	for _, m := range a.manage {
+		names := make(map[string]struct{}, len(m.hosts))
+		for _, n := range m.hosts {
+			names[n] = struct{}{}
+		}
+		if err := m.tls.Manage(names); err != nil {
+			return fmt.Errorf("intercept_connect: certificates: %v", err)
+		}
+	}
 	currentMu.Lock()
 	if prev := current; prev != nil {
 		// A reload: carry over what the outgoing config saw but may not

@@ -60,33 +60,7 @@ func (h *Handler) provisionConnect(ctx caddy.Context) error {
 		}
 		return nil
 	}
-	tlsIface, err := ctx.App("tls")
-	if err != nil {
-		return fmt.Errorf("intercept_connect: loading the tls app: %v", err)
-	}
-	tlsApp := tlsIface.(*caddytls.TLS)
-	hosts := h.hosts.FromHosts()
-	// Certificates for every mapped host, from Caddy's internal CA.
-	ap := &caddytls.AutomationPolicy{
-		SubjectsRaw: hosts,
-		IssuersRaw:  []json.RawMessage{json.RawMessage(`{"module":"internal"}`)},
-	}
-	if err := tlsApp.AddAutomationPolicy(ap); err != nil {
-		return fmt.Errorf("intercept_connect: certificates: %v", err)
-	}
-	names := make(map[string]struct{}, len(hosts))
-	for _, n := range hosts {
-		names[n] = struct{}{}
-	}
-	if err := tlsApp.Manage(names); err != nil {
-		return fmt.Errorf("intercept_connect: certificates: %v", err)
-	}
-	policies := caddytls.ConnectionPolicies{{ALPN: []string{"h2", "http/1.1"}}}
-	if err := policies.Provision(ctx); err != nil {
-		return fmt.Errorf("intercept_connect: %v", err)
-	}
-	h.connect = &connectIntercept{tlsConfig: policies.TLSConfig(ctx), logger: h.logger}
-
+	var auth *caddyauth.HTTPBasicAuth
 	if h.ProxyAuth != nil {
 		if h.ProxyAuth.Username == "" {
 			return fmt.Errorf("proxy_auth: a username is required")
@@ -101,8 +75,29 @@ func (h *Handler) provisionConnect(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("proxy_auth: %v", err)
 		}
-		h.connect.auth = hashers[algo]
+		auth = hashers[algo]
 	}
+	tlsIface, err := ctx.App("tls")
+	if err != nil {
+		return fmt.Errorf("intercept_connect: loading the tls app: %v", err)
+	}
+	tlsApp := tlsIface.(*caddytls.TLS)
+	hosts := h.hosts.FromHosts()
+	// Certificates for every mapped host, from Caddy's internal CA; they are
+	// issued when the config starts (not when it is only validated).
+	ap := &caddytls.AutomationPolicy{
+		SubjectsRaw: hosts,
+		IssuersRaw:  []json.RawMessage{json.RawMessage(`{"module":"internal"}`)},
+	}
+	if err := tlsApp.AddAutomationPolicy(ap); err != nil {
+		return fmt.Errorf("intercept_connect: certificates: %v", err)
+	}
+	h.app.manageOnStart(tlsApp, hosts)
+	policies := caddytls.ConnectionPolicies{{ALPN: []string{"h2", "http/1.1"}}}
+	if err := policies.Provision(ctx); err != nil {
+		return fmt.Errorf("intercept_connect: %v", err)
+	}
+	h.connect = &connectIntercept{tlsConfig: policies.TLSConfig(ctx), logger: h.logger, auth: auth}
 	return nil
 }
 

@@ -63,6 +63,10 @@ type Handler struct {
 	// retried request can be sent again whole.
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
 
+	// The largest request line plus headers accepted, in bytes (default 64
+	// KiB; Klarna API calls send a few hundred). Larger requests get 431.
+	MaxRequestHeaders int64 `json:"max_request_headers,omitempty"`
+
 	// Overrides only the address dialled (https://host:port or host:port),
 	// for tests or one more hop; the Host header and the TLS server name stay
 	// the Kustom host, so certificate checks are unchanged.
@@ -132,6 +136,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxRequestBody == 0 {
 		h.MaxRequestBody = DefaultMaxRequestBody
+	}
+	if h.MaxRequestHeaders < 0 {
+		return fmt.Errorf("max_request_headers: must not be negative")
+	}
+	if h.MaxRequestHeaders == 0 {
+		h.MaxRequestHeaders = DefaultMaxRequestHeaders
 	}
 	if h.hosts, err = NewHostMap(h.Map, h.DefaultTarget); err != nil {
 		return err
@@ -205,6 +215,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	rq := request{extra: extraFields(r), repl: repl, service: Classify(r.URL.Path), route: Route{FromHost: labelUnknownHost}}
 
+	if requestHeaderSize(r) > h.MaxRequestHeaders {
+		return h.refuse(w, &rq, ReasonHeadersTooLarge)
+	}
 	if r.Method == http.MethodConnect {
 		rq.service = Unmatched
 		return h.serveConnect(w, r, &rq)
@@ -447,6 +460,22 @@ func (h *Handler) refuse(w http.ResponseWriter, rq *request, reason Reason) erro
 // an app sends it to its HTTP proxy.
 func isProxyForm(r *http.Request) bool {
 	return r.RequestURI != "" && r.RequestURI[0] != '/' && r.RequestURI != "*"
+}
+
+// DefaultMaxRequestHeaders bounds what the shim forwards of a request's
+// headers; Caddy's own server limit (max_header_size) defaults to 1 MiB.
+const DefaultMaxRequestHeaders = 64 << 10
+
+// requestHeaderSize is the size of the request line and header fields as
+// they would be sent, without allocating.
+func requestHeaderSize(r *http.Request) int64 {
+	n := int64(len(r.Method) + len(r.RequestURI) + len(r.Host) + 16)
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += int64(len(k) + len(v) + 4)
+		}
+	}
+	return n
 }
 
 // DefaultMaxRequestBody is Klarna's documented request body limit.

@@ -15,6 +15,12 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
+// Upstream timeouts the shim sets when the transport block does not.
+const (
+	DefaultTLSHandshakeTimeout   = 10 * time.Second
+	DefaultResponseHeaderTimeout = 60 * time.Second
+)
+
 // proxyRetries is how many times an idempotent request is tried again after
 // a failure. Dial failures are always retried by Caddy (nothing was sent).
 const proxyRetries = 2
@@ -146,8 +152,17 @@ func transportFor(t upstreamTarget, transport json.RawMessage) (*reverseproxy.HT
 			tr.TLS = new(reverseproxy.TLSConfig)
 		}
 		tr.TLS.ServerName = hostOnly(t.host)
+		if tr.TLS.HandshakeTimeout == 0 {
+			tr.TLS.HandshakeTimeout = caddy.Duration(DefaultTLSHandshakeTimeout)
+		}
 	} else {
 		tr.TLS = nil
+	}
+	// Caddy bounds the dial (3s) and idle connections (2m); nothing bounds
+	// the wait for Kustom's answer unless we do. A settlement report may take
+	// a while to start, hence a generous default.
+	if tr.ResponseHeaderTimeout == 0 {
+		tr.ResponseHeaderTimeout = caddy.Duration(DefaultResponseHeaderTimeout)
 	}
 	return &tr, nil
 }

@@ -28,6 +28,7 @@ const (
 	ReasonProxyRefused           Reason = "proxy_refused"
 	ReasonProxyAuthRequired      Reason = "proxy_auth_required"
 	ReasonTooManyRequests        Reason = "too_many_requests"
+	ReasonHeadersTooLarge        Reason = "headers_too_large"
 )
 
 // ErrorHeader carries the Reason on every answer the shim makes itself.
@@ -71,6 +72,8 @@ var refusals = map[Reason]refusalKind{
 		"kustom-shim: this gateway needs Proxy-Authorization"},
 	ReasonTooManyRequests: {http.StatusTooManyRequests, "TOO_MANY_REQUESTS",
 		"kustom-shim: this credential has reached its max_concurrent upstream requests; retry shortly"},
+	ReasonHeadersTooLarge: {http.StatusRequestHeaderFieldsTooLarge, "REQUEST_HEADER_FIELDS_TOO_LARGE",
+		"kustom-shim: the request headers are larger than max_request_headers"},
 	ReasonUpstreamUnreachable: {http.StatusBadGateway, "BAD_GATEWAY",
 		"kustom-shim: the upstream API could not be reached"},
 	ReasonUpstreamTimeout: {http.StatusGatewayTimeout, "GATEWAY_TIMEOUT",

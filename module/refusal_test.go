@@ -33,6 +33,7 @@ func TestRefusalShape(t *testing.T) {
 		{ReasonProxyRefused, http.StatusForbidden, "FORBIDDEN"},
 		{ReasonProxyAuthRequired, http.StatusProxyAuthRequired, "PROXY_AUTHENTICATION_REQUIRED"},
 		{ReasonTooManyRequests, http.StatusTooManyRequests, "TOO_MANY_REQUESTS"},
+		{ReasonHeadersTooLarge, http.StatusRequestHeaderFieldsTooLarge, "REQUEST_HEADER_FIELDS_TOO_LARGE"},
 	}
 	tested := map[Reason]bool{}
 	for _, c := range cases {

@@ -103,3 +103,23 @@ func TestRequestBodyLimit(t *testing.T) {
 		})
 	}
 }
+
+// TestRequestHeaderLimit: oversized headers are refused before anything is
+// sent; ordinary ones pass.
+func TestRequestHeaderLimit(t *testing.T) {
+	e := startSidecar(t, "max_request_headers 8KiB")
+	for _, c := range []struct {
+		size   int
+		status int
+	}{{6 << 10, 200}, {10 << 10, 431}} {
+		e.up.Reset()
+		resp, raw := do(t, shimtest.Client(), "GET", e.base+"/checkout/v3/orders/o1", klarnaUser, klarnaPassword, "",
+			map[string]string{"X-Trace": strings.Repeat("t", c.size)})
+		if resp.StatusCode != c.status {
+			t.Fatalf("%d-byte header: status %d, want %d: %s", c.size, resp.StatusCode, c.status, raw)
+		}
+		if c.status == 431 && (resp.Header.Get("Kustom-Shim-Error") != "headers_too_large" || len(e.up.Requests()) != 0) {
+			t.Fatalf("reason %q, upstream got %d", resp.Header.Get("Kustom-Shim-Error"), len(e.up.Requests()))
+		}
+	}
+}
