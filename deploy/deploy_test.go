@@ -1,5 +1,7 @@
 // Package deploy holds kustom-shim's monitoring files: Prometheus rules, their
-// promtool unit tests and a Grafana dashboard. These tests validate them.
+// promtool unit tests and a Grafana dashboard. These tests validate them. It
+// also holds the deployment examples (Kubernetes sidecar, systemd unit,
+// Dockerfile), tested in examples_test.go.
 //
 // The promtool tests need promtool on PATH (Debian package "prometheus"). They
 // are skipped without it, unless the CI environment variable is set.
