@@ -317,6 +317,11 @@ func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
 
 func (sc *storedCredential) passwordMatches(r *http.Request, pass string) bool {
 	if sc.hasher != nil {
+		// bcrypt reads at most 72 bytes and stops at NUL, so "pw\x00pw" or a
+		// longer password sharing the first 72 bytes would match too.
+		if len(pass) > 72 || strings.IndexByte(pass, 0) >= 0 {
+			return false
+		}
 		_, ok, err := sc.hasher.Authenticate(discardHeaders{}, r)
 		return ok && err == nil
 	}

@@ -266,7 +266,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if reason := limitRequestBody(r, h.MaxRequestBody); reason != "" {
 		return h.refuse(w, &rq, reason)
 	}
-	if endpoint, ok := DeprecatedEndpoint(r.Method, r.URL.Path); ok {
+	if endpoint, ok := DeprecatedEndpoint(r.Method, r.URL.Path); ok && rq.service == OrderManagement {
 		shimMetrics.deprecated.WithLabelValues(string(rq.service), endpoint).Inc()
 		if c := h.logger.Check(zap.WarnLevel, "deprecated Kustom endpoint called; Kustom will remove it"); c != nil {
 			c.Write(zap.String("endpoint", endpoint), zap.String("credential", rq.credential),

@@ -49,8 +49,16 @@ func (o Origins) ToUpstream(u string) (string, bool) { return RewriteOrigin(u, o
 // with from's host (api.kustom.co.evil.example) are left alone.
 func RewriteOrigin(u, from, to string) (string, bool) {
 	scheme, host, ok := strings.Cut(from, "://")
-	if !ok || len(u) < len(from) || !strings.EqualFold(u[:len(scheme)+3], scheme+"://") {
+	if !ok || len(u) < len(scheme)+3 || !strings.EqualFold(u[:len(scheme)+3], scheme+"://") {
 		return u, false
+	}
+	defaultPort := ":443"
+	if strings.EqualFold(scheme, "http") {
+		defaultPort = ":80"
+	}
+	// Host: api.klarna.com:443 and Host: api.klarna.com are one origin.
+	if len(host) > len(defaultPort) && strings.HasSuffix(host, defaultPort) {
+		host = host[:len(host)-len(defaultPort)]
 	}
 	rest := u[len(scheme)+3:]
 	if len(rest) < len(host) || !strings.EqualFold(rest[:len(host)], host) {
@@ -58,17 +66,19 @@ func RewriteOrigin(u, from, to string) (string, bool) {
 	}
 	rest = rest[len(host):]
 	if !strings.Contains(host, ":") {
-		defaultPort := ":443"
-		if strings.EqualFold(scheme, "http") {
-			defaultPort = ":80"
-		}
 		rest = strings.TrimPrefix(rest, defaultPort)
 	}
 	if rest != "" && rest[0] != '/' && rest[0] != '?' && rest[0] != '#' {
 		return u, false
 	}
-	if to == "" && (rest == "" || rest[0] != '/') {
-		rest = "/" + rest // a relative reference must still name a path
+	if to == "" {
+		if strings.HasPrefix(rest, "//") {
+			// As a relative reference "//x/…" would name another host.
+			return u, false
+		}
+		if rest == "" || rest[0] != '/' {
+			rest = "/" + rest // a relative reference must still name a path
+		}
 	}
 	return to + rest, true
 }

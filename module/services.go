@@ -47,8 +47,12 @@ func Classify(path string) Service {
 	return Unmatched
 }
 
-// cleanPath reports whether path has no "." or ".." segment and no "//".
+// cleanPath reports whether path has no "." or ".." segment, no "//" and no
+// backslash (which some servers read as a separator).
 func cleanPath(path string) bool {
+	if strings.IndexByte(path, '\\') >= 0 {
+		return false
+	}
 	for i := 0; i < len(path); i++ {
 		if path[i] != '/' {
 			continue
