@@ -280,7 +280,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var bodies *bodyRewrite
 	if target != h.passthrough {
 		if bodies = bodyRewriteFor(r.Method, r.URL.Path); bodies != nil {
-			h.rewriteRequestBody(r, bodies, origins)
+			if reason := h.rewriteRequestBody(r, bodies, origins); reason != "" {
+				return h.refuse(w, &rq, reason)
+			}
 			if len(bodies.response) > 0 && r.Header.Get("Accept-Encoding") != "" {
 				// Ask only for an encoding the rewrite can read.
 				r.Header.Set("Accept-Encoding", "gzip")
@@ -322,8 +324,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			zap.String("credential", rq.credential), zap.String("reason", string(reason)), zap.Error(err))
 	}
 	if ow.wroteHeader && !ow.buffering {
-		// The response is under way; the client sees the stream end early.
+		// The response is under way: count it, then abort the stream as the
+		// proxy meant to, so the client sees an incomplete body rather than
+		// a clean end.
 		rq.count(ow.status)
+		if errors.Is(err, errStreamAborted) {
+			panic(http.ErrAbortHandler)
+		}
 		return nil
 	}
 	discardUpstreamHeaders(w.Header())
@@ -341,15 +348,19 @@ func discardUpstreamHeaders(h http.Header) {
 	}
 }
 
-// proxyInto runs Caddy's reverse proxy. When a held-back body outgrows its
-// limit, the proxy aborts the stream with http.ErrAbortHandler, as it does
-// for any failed copy; nothing has reached the client then, so that one
-// abort becomes an error the handler can still answer with a refusal.
+// proxyInto runs Caddy's reverse proxy. When a response body fails midway,
+// the proxy aborts the stream with http.ErrAbortHandler; that panic becomes
+// errStreamAborted here so that the handler can count and log the request
+// (and, when nothing reached the client yet, still answer with a refusal)
+// before passing the abort on.
 func proxyInto(rp *reverseproxy.Handler, ow *originWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			if p == http.ErrAbortHandler && ow.tooLarge {
-				err = errResponseTooLarge
+			if p == http.ErrAbortHandler {
+				err = errStreamAborted
+				if ow.tooLarge {
+					err = errResponseTooLarge
+				}
 				return
 			}
 			panic(p)
@@ -358,18 +369,19 @@ func proxyInto(rp *reverseproxy.Handler, ow *originWriter, r *http.Request, next
 	return rp.ServeHTTP(ow, r, next)
 }
 
+var errStreamAborted = errors.New("upstream response aborted mid-body")
+
 // rewriteRequestBody points the API URLs in a request body at the upstream:
 // URLs on the client's origin (a sidecar's http://localhost:8080) and
 // absolute Klarna API URLs the app has hard-coded. The body was already
 // bounded by limitRequestBody.
-func (h *Handler) rewriteRequestBody(r *http.Request, bodies *bodyRewrite, o Origins) {
+func (h *Handler) rewriteRequestBody(r *http.Request, bodies *bodyRewrite, o Origins) Reason {
 	if len(bodies.request) == 0 || r.Body == nil || r.Body == http.NoBody {
-		return
+		return ""
 	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		return
+		return ReasonBadRequestBody
 	}
 	out := body
 	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
@@ -390,6 +402,7 @@ func (h *Handler) rewriteRequestBody(r *http.Request, bodies *bodyRewrite, o Ori
 	r.Body = io.NopCloser(bytes.NewReader(out))
 	r.ContentLength = int64(len(out))
 	r.Header.Set("Content-Length", strconv.Itoa(len(out)))
+	return ""
 }
 
 // noticed holds the notices already logged: a body that is not the JSON
