@@ -32,7 +32,22 @@ type Shim struct {
 // New prepares a storage directory and log paths; nothing runs yet.
 func New(t testing.TB) *Shim {
 	t.Helper()
-	dir := t.TempDir()
+	// Not t.TempDir: certificate work Caddy started in the background may
+	// still be writing for a moment after Stop, and t.TempDir's cleanup
+	// fails the test on a directory that is not empty yet.
+	dir, err := os.MkdirTemp("", "kustomshim-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for i := 0; i < 50; i++ {
+			if err = os.RemoveAll(dir); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("removing %s: %v", dir, err)
+	})
 	// Caddy's instance ID and autosave live in its data and config dirs;
 	// keep them out of the real home directory.
 	if tt, ok := t.(*testing.T); ok {
