@@ -143,7 +143,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, rq *reque
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("hijacking CONNECT: %v", err))
 	}
-	rq.logFields()
+	rq.logFields("")
 	rq.count(http.StatusOK)
 	if _, err := brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n"); err == nil {
 		err = brw.Flush()

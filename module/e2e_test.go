@@ -364,6 +364,9 @@ func TestUpstreamDownIs502InKlarnaShape(t *testing.T) {
 	port, dead := shimtest.FreePort(t), shimtest.FreePort(t)
 	shim.Start(t, shim.Globals("")+fmt.Sprintf(`
 http://:%d {
+	log {
+		output file %s
+	}
 	kustom {
 		upstream 127.0.0.1:%d
 		credential shop1 {
@@ -372,7 +375,7 @@ http://:%d {
 			kustom_api_key {env.KS_KUSTOM_KEY}
 		}
 	}
-}`, port, dead, klarnaUser))
+}`, port, shim.AccessLog, dead, klarnaUser))
 	resp, raw := do(t, shimtest.Client(), "POST", fmt.Sprintf("http://127.0.0.1:%d/ordermanagement/v1/orders/o1/captures", port),
 		klarnaUser, klarnaPassword, `{"captured_amount":1}`, map[string]string{"Klarna-Idempotency-Key": "k1"})
 	if resp.StatusCode != 502 || resp.Header.Get("Kustom-Shim-Error") != "upstream_unreachable" {
@@ -384,6 +387,18 @@ http://:%d {
 	}
 	if s, leaked := shimtest.Contains(string(raw)+shimtest.Logs(shim.ErrorLog), secrets()...); leaked {
 		t.Errorf("secret %.6s… leaked", s)
+	}
+	// The access log entry says what happened, each field once.
+	var line string
+	shimtest.WaitFor(t, "the access log entry", 5*time.Second, func() bool {
+		line = strings.TrimSpace(shimtest.Logs(shim.AccessLog))
+		return line != ""
+	})
+	for field, want := range map[string]int{`"kustom_service":"order_management"`: 1, `"kustom_upstream":"api.kustom.co"`: 1,
+		`"kustom_refusal":"upstream_unreachable"`: 1, `"kustom_credential":"shop1"`: 1} {
+		if n := strings.Count(line, field); n != want {
+			t.Errorf("access log has %s %d times, want %d: %s", field, n, want, line)
+		}
 	}
 }
 

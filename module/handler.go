@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 func init() {
@@ -110,7 +111,7 @@ type UnmatchedPolicy struct {
 type proxyTarget struct {
 	host   string // metrics and log label: where requests go
 	origin string // https://host, the origin whose URLs are rewritten back
-	rp     *reverseproxy.Handler
+	rp     proxyPair
 }
 
 // CaddyModule returns the Caddy module information.
@@ -162,7 +163,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if dialOverride != "" {
 			t.dial = dialOverride
 		}
-		rp, err := newReverseProxy(ctx, t, h.TransportRaw, h.MaxRequestBody)
+		rp, err := newProxyPair(ctx, t, h.TransportRaw, h.MaxRequestBody)
 		if err != nil {
 			return err
 		}
@@ -182,7 +183,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			// Dialled as configured (the upstream override is for Kustom
 			// hosts only), through the same transport settings: a trust
 			// pool or an egress proxy applies to every outbound call.
-			rp, err := newReverseProxy(ctx, t, h.TransportRaw, h.MaxRequestBody)
+			rp, err := newProxyPair(ctx, t, h.TransportRaw, h.MaxRequestBody)
 			if err != nil {
 				return err
 			}
@@ -202,10 +203,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) Cleanup() error {
 	var errs []error
 	for _, p := range h.proxies {
-		errs = append(errs, p.rp.Cleanup())
+		errs = append(errs, p.rp.cleanup())
 	}
 	if h.passthrough != nil {
-		errs = append(errs, h.passthrough.rp.Cleanup())
+		errs = append(errs, h.passthrough.rp.cleanup())
 	}
 	return errors.Join(errs...)
 }
@@ -274,7 +275,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	rq.toHost = target.host
-	rq.logFields()
+	rq.logFields("")
 
 	origins := Origins{Upstream: target.origin, Client: ClientOrigin(r)}
 	var bodies *bodyRewrite
@@ -293,7 +294,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	start := time.Now()
 	h.app.Tracker().Touch(UsageKey{Service: rq.service, FromHost: route.FromHost, ToHost: target.host}, start)
 	ow := newOriginWriter(w, origins, bodies)
-	err := proxyInto(target.rp, ow, r, next)
+	err := proxyInto(target.rp.pick(r), ow, r, next)
 	headerAt := ow.headerAt
 	if headerAt.IsZero() {
 		headerAt = time.Now()
@@ -426,6 +427,7 @@ type request struct {
 	route      Route
 	toHost     string // "" until a target is chosen
 	credential string
+	logged     bool // the access log fields were added
 }
 
 func (rq *request) count(status int) {
@@ -436,32 +438,61 @@ func (rq *request) count(status int) {
 	shimMetrics.requests.WithLabelValues(string(rq.service), rq.route.FromHost, to, statusLabel(status)).Inc()
 }
 
-// logFields adds the shim's view of the request to the access log entry.
-func (rq *request) logFields() {
+// logFields adds the shim's view of the request to the access log entry,
+// once per request and only when the server keeps an access log: it runs on
+// every request, and Caddy rebuilds its extra-field state on each change.
+func (rq *request) logFields(refusal Reason) {
 	if rq.extra == nil {
 		return
 	}
-	rq.extra.Set(zap.String("kustom_service", string(rq.service)))
-	rq.extra.Set(zap.String("kustom_from_host", rq.route.FromHost))
-	if rq.toHost != "" {
-		rq.extra.Set(zap.String("kustom_upstream", rq.toHost))
+	if rq.logged {
+		// Proxied, then refused (upstream down): only the reason is new.
+		if refusal != "" {
+			rq.extra.Add(zap.String("kustom_refusal", string(refusal)))
+		}
+		return
 	}
-	if rq.credential != "" {
-		rq.extra.Set(zap.String("kustom_credential", rq.credential))
-	}
+	rq.logged = true
+	rq.extra.Add(zap.Inline(shimLogFields{
+		service: rq.service, from: rq.route.FromHost, to: rq.toHost, credential: rq.credential, refusal: refusal,
+	}))
 }
 
+// shimLogFields are the access log's kustom_* fields.
+type shimLogFields struct {
+	service              Service
+	from, to, credential string
+	refusal              Reason
+}
+
+func (f shimLogFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("kustom_service", string(f.service))
+	enc.AddString("kustom_from_host", f.from)
+	if f.to != "" {
+		enc.AddString("kustom_upstream", f.to)
+	}
+	if f.credential != "" {
+		enc.AddString("kustom_credential", f.credential)
+	}
+	if f.refusal != "" {
+		enc.AddString("kustom_refusal", string(f.refusal))
+	}
+	return nil
+}
+
+// extraFields is where the access log entry's extra fields go, or nil when
+// this server writes no access log.
 func extraFields(r *http.Request) *caddyhttp.ExtraLogFields {
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
+		return nil
+	}
 	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
 	return extra
 }
 
 // refuse answers the request itself; nothing reaches an upstream.
 func (h *Handler) refuse(w http.ResponseWriter, rq *request, reason Reason) error {
-	rq.logFields()
-	if rq.extra != nil {
-		rq.extra.Set(zap.String("kustom_refusal", string(reason)))
-	}
+	rq.logFields(reason)
 	shimMetrics.refused.WithLabelValues(string(reason)).Inc()
 	rq.count(reason.Status())
 	id, _ := rq.repl.GetString("http.request.uuid")

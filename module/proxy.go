@@ -2,8 +2,10 @@ package module
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -90,43 +92,76 @@ func parsePassthrough(raw string) (upstreamTarget, error) {
 	return upstreamTarget{host: u.Host, dial: net.JoinHostPort(u.Hostname(), port), tls: u.Scheme == "https"}, nil
 }
 
-// newReverseProxy configures Caddy's own reverse proxy for one target: TLS
-// with the Kustom host as server name, pooled keep-alive connections, HTTP/2,
-// streaming both ways, and retries only for what is safe to repeat.
-//
-// Request bodies up to maxBody are buffered by Caddy so that a retried
-// request carries its body again: without that, a capture retried after a
-// dropped connection would reach Kustom with an empty body. Bodies are small
-// JSON (Kustom refuses more than 1 MB); responses are never buffered.
-func newReverseProxy(ctx caddy.Context, t upstreamTarget, transport json.RawMessage, maxBody int64) (*reverseproxy.Handler, error) {
+// proxyPair is the two reverse proxies for one target, sharing one
+// transport (one connection pool). Caddy replays a retried request's body
+// only if it buffered it, so requests that may be retried with a body (those
+// carrying Klarna-Idempotency-Key) go through a proxy that buffers request
+// bodies up to maxBody; everything else streams through one that does not,
+// and pays nothing for it. Without the buffer, a capture retried after a
+// dropped connection would reach Kustom with an empty body.
+type proxyPair struct {
+	streaming *reverseproxy.Handler
+	replay    *reverseproxy.Handler
+}
+
+// pick chooses the proxy for r.
+func (p proxyPair) pick(r *http.Request) *reverseproxy.Handler {
+	if r.ContentLength != 0 && len(r.Header["Klarna-Idempotency-Key"]) > 0 {
+		return p.replay
+	}
+	return p.streaming
+}
+
+func (p proxyPair) cleanup() error {
+	return errors.Join(p.streaming.Cleanup(), p.replay.Cleanup())
+}
+
+// newProxyPair configures Caddy's own reverse proxy for one target: TLS with
+// the Kustom host as server name, pooled keep-alive connections, HTTP/2,
+// responses streamed, and retries only for what is safe to repeat (GET,
+// HEAD, Klarna-Idempotency-Key; Caddy retries failed dials of anything,
+// since nothing was sent).
+func newProxyPair(ctx caddy.Context, t upstreamTarget, transport json.RawMessage, maxBody int64) (proxyPair, error) {
 	tr, err := transportFor(t, transport)
 	if err != nil {
-		return nil, err
+		return proxyPair{}, err
 	}
-	rp := &reverseproxy.Handler{
-		TransportRaw: caddyconfig.JSONModuleObject(tr, "protocol", "http", nil),
-		Upstreams:    reverseproxy.UpstreamPool{{Dial: t.dial}},
-		// +1: Caddy treats a body of exactly the buffer size as unfinished.
-		RequestBuffers: maxBody + 1,
-		LoadBalancing: &reverseproxy.LoadBalancing{
-			Retries:     proxyRetries,
-			TryInterval: caddy.Duration(100 * time.Millisecond),
-			RetryMatchRaw: caddyhttp.RawMatcherSets{
-				{"method": json.RawMessage(`["GET","HEAD"]`)},
-				{"header": json.RawMessage(`{"Klarna-Idempotency-Key":["*"]}`)},
+	build := func(requestBuffers int64) (*reverseproxy.Handler, error) {
+		rp := &reverseproxy.Handler{
+			TransportRaw:   caddyconfig.JSONModuleObject(tr, "protocol", "http", nil),
+			Upstreams:      reverseproxy.UpstreamPool{{Dial: t.dial}},
+			RequestBuffers: requestBuffers,
+			LoadBalancing: &reverseproxy.LoadBalancing{
+				Retries:     proxyRetries,
+				TryInterval: caddy.Duration(100 * time.Millisecond),
+				RetryMatchRaw: caddyhttp.RawMatcherSets{
+					{"method": json.RawMessage(`["GET","HEAD"]`)},
+					{"header": json.RawMessage(`{"Klarna-Idempotency-Key":["*"]}`)},
+				},
 			},
-		},
-		Headers: &headers.Handler{Request: &headers.HeaderOps{
-			// The Kustom host, with no ":443": what Kustom's routing expects.
-			Set: map[string][]string{"Host": {t.host}},
-			// A third party has no business with the app's network.
-			Delete: []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "X-Real-Ip"},
-		}},
+			Headers: &headers.Handler{Request: &headers.HeaderOps{
+				// The Kustom host, with no ":443": what Kustom's routing expects.
+				Set: map[string][]string{"Host": {t.host}},
+				// A third party has no business with the app's network.
+				Delete: []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "X-Real-Ip"},
+			}},
+		}
+		if err := rp.Provision(ctx); err != nil {
+			return nil, fmt.Errorf("reverse proxy to %s: %v", t.host, err)
+		}
+		return rp, nil
 	}
-	if err := rp.Provision(ctx); err != nil {
-		return nil, fmt.Errorf("reverse proxy to %s: %v", t.host, err)
+	streaming, err := build(0)
+	if err != nil {
+		return proxyPair{}, err
 	}
-	return rp, nil
+	// +1: Caddy treats a body of exactly the buffer size as unfinished.
+	replay, err := build(maxBody + 1)
+	if err != nil {
+		return proxyPair{}, err
+	}
+	replay.Transport = streaming.Transport
+	return proxyPair{streaming: streaming, replay: replay}, nil
 }
 
 // transportFor is the user's `transport http` config with the TLS server

@@ -104,7 +104,7 @@ func rewriteHeaderURLs(h http.Header, o Origins) {
 // the few endpoints whose JSON carries API URLs it holds the body back
 // (within maxResponseRewrite) so that finish can rewrite it.
 type originWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper // by value: one allocation less per request
 	origins     Origins
 	wroteHeader bool
 	status      int
@@ -122,7 +122,7 @@ type originWriter struct {
 const MaxResponseRewrite = 8 << 20
 
 func newOriginWriter(w http.ResponseWriter, o Origins, rw *bodyRewrite) *originWriter {
-	ow := &originWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origins: o}
+	ow := &originWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origins: o}
 	if rw != nil && len(rw.response) > 0 {
 		ow.rewrite = rw
 	}
@@ -190,7 +190,7 @@ func (w *originWriter) FlushError() error {
 	if w.buffering {
 		return nil
 	}
-	return http.NewResponseController(w.ResponseWriterWrapper).Flush()
+	return http.NewResponseController(&w.ResponseWriterWrapper).Flush()
 }
 
 type writerOnly struct{ io.Writer }
