@@ -105,10 +105,10 @@ func rewriteHeaderURLs(h http.Header, o Origins) {
 // (within maxResponseRewrite) so that finish can rewrite it.
 type originWriter struct {
 	caddyhttp.ResponseWriterWrapper // by value: one allocation less per request
-	origins     Origins
-	wroteHeader bool
-	status      int
-	headerAt    time.Time // when the upstream's response header was written
+	origins                         Origins
+	wroteHeader                     bool
+	status                          int
+	headerAt                        time.Time // when the upstream's response header was written
 
 	rewrite   *bodyRewrite // nil: stream everything
 	buffering bool
