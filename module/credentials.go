@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -86,7 +87,8 @@ type AuthOutcome struct {
 	// ResultSwapped; otherwise the caller's own header goes unchanged.
 	Authorization string
 
-	limit *concurrencyLimit // the credential's max_concurrent, if any
+	limit   *concurrencyLimit  // the credential's max_concurrent, if any
+	counter prometheus.Counter // kustom_shim_credentials_total for this outcome
 }
 
 // concurrencyLimit counts one credential's requests in flight.
@@ -113,6 +115,8 @@ type storedCredential struct {
 	hasher        *caddyauth.HTTPBasicAuth
 	authorization string
 	limit         *concurrencyLimit
+	// The credential's kustom_shim_credentials_total series, resolved once.
+	swapped, rejected prometheus.Counter
 }
 
 // CredentialStore matches callers' Basic credentials against the configured
@@ -178,7 +182,9 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 		if _, dup := s.byUser[user]; dup {
 			return nil, nil, fail("klarna_username", "used by another credential")
 		}
-		sc := &storedCredential{name: c.Name}
+		sc := &storedCredential{name: c.Name,
+			swapped:  shimMetrics.credentials.WithLabelValues(c.Name, ResultSwapped),
+			rejected: shimMetrics.credentials.WithLabelValues(c.Name, ResultRejected)}
 		switch {
 		case c.MaxConcurrent < 0:
 			return nil, nil, fail("max_concurrent", "must not be negative")
@@ -286,14 +292,20 @@ func provisionHashers(ctx caddy.Context, hashed map[string][]caddyauth.Account) 
 	return hashers, nil
 }
 
+// The credentials_total series of callers that match no credential.
+var (
+	unknownKept     = shimMetrics.credentials.WithLabelValues(UnknownCredential, ResultKept)
+	unknownRejected = shimMetrics.credentials.WithLabelValues(UnknownCredential, ResultRejected)
+)
+
 // Authenticate decides what to do with r's credentials. It never reads the
 // body and never changes r.
 func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
 	rejectOrKeep := func(reason Reason) AuthOutcome {
 		if s.keepUnknown {
-			return AuthOutcome{Credential: UnknownCredential, Result: ResultKept}
+			return AuthOutcome{Credential: UnknownCredential, Result: ResultKept, counter: unknownKept}
 		}
-		return AuthOutcome{Credential: UnknownCredential, Result: ResultRejected, Refusal: reason}
+		return AuthOutcome{Credential: UnknownCredential, Result: ResultRejected, Refusal: reason, counter: unknownRejected}
 	}
 	if len(r.Header["Authorization"]) == 0 {
 		return rejectOrKeep(ReasonMissingCredentials)
@@ -310,9 +322,9 @@ func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
 	if !sc.passwordMatches(r, pass) {
 		// A known Klarna username with a wrong password is refused even under
 		// keep: forwarding a password we know to be wrong helps nobody.
-		return AuthOutcome{Credential: sc.name, Result: ResultRejected, Refusal: ReasonWrongPassword}
+		return AuthOutcome{Credential: sc.name, Result: ResultRejected, Refusal: ReasonWrongPassword, counter: sc.rejected}
 	}
-	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization, limit: sc.limit}
+	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization, limit: sc.limit, counter: sc.swapped}
 }
 
 func (sc *storedCredential) passwordMatches(r *http.Request, pass string) bool {

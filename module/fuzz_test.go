@@ -252,7 +252,7 @@ func FuzzBasicAuthorization(f *testing.F) {
 			}
 			before := r.Header.Clone()
 
-			got := stores[keep].Authenticate(r)
+			got := decision(stores[keep].Authenticate(r))
 
 			if !reflect.DeepEqual(r.Header, before) {
 				t.Fatalf("keep=%v: Authenticate changed the request header:\nbefore %q\nafter  %q", keep, before, r.Header)

@@ -248,7 +248,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	} else {
 		auth := h.creds.Authenticate(r)
 		rq.credential = auth.Credential
-		shimMetrics.credentials.WithLabelValues(auth.Credential, auth.Result).Inc()
+		auth.counter.Inc()
 		switch auth.Result {
 		case ResultRejected:
 			return h.refuse(w, &rq, auth.Refusal)
@@ -299,7 +299,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if headerAt.IsZero() {
 		headerAt = time.Now()
 	}
-	shimMetrics.duration.WithLabelValues(string(rq.service)).Observe(headerAt.Sub(start).Seconds())
+	observeDuration(rq.service, headerAt.Sub(start).Seconds())
 	if err == nil {
 		reason, notice := ow.finish()
 		if notice != "" {

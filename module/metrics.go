@@ -63,6 +63,25 @@ func (lastUsedCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// durationBy holds the duration histogram's series per service, resolved
+// once: a label lookup hashes its values on every call.
+var durationBy = func() map[Service]prometheus.Observer {
+	m := map[Service]prometheus.Observer{}
+	for _, svc := range append(append([]Service(nil), Services...), Unmatched) {
+		m[svc] = shimMetrics.duration.WithLabelValues(string(svc))
+	}
+	return m
+}()
+
+// observeDuration records an upstream round trip for svc.
+func observeDuration(svc Service, seconds float64) {
+	if o, ok := durationBy[svc]; ok {
+		o.Observe(seconds)
+		return
+	}
+	shimMetrics.duration.WithLabelValues(string(svc)).Observe(seconds)
+}
+
 // registerMetrics adds the shim's collectors to reg; every module that uses
 // them calls it, and a second registration on the same registry is a no-op.
 func registerMetrics(reg *prometheus.Registry) {
