@@ -21,18 +21,13 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -41,6 +36,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kustomshim/kustomshim/internal/testcerts"
 )
 
 func main() {
@@ -57,13 +54,22 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix("upstream: ")
 
-	caCert, caKey := newCA()
-	if err := os.WriteFile(*caOut, pemCert(caCert.Raw), 0o644); err != nil {
+	ca, err := testcerts.NewCA("kustom-shim bench CA")
+	if err != nil {
 		log.Fatal(err)
 	}
-	leaf := newLeaf(caCert, caKey, split(*hosts))
+	if err := os.WriteFile(*caOut, ca.PEM(), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	leaf, err := ca.Leaf(split(*hosts)...)
+	if err != nil {
+		log.Fatal(err)
+	}
 	if *siteCert != "" {
-		site := newLeaf(caCert, caKey, split(*siteHosts))
+		site, err := ca.Leaf(split(*siteHosts)...)
+		if err != nil {
+			log.Fatal(err)
+		}
 		keyDER, err := x509.MarshalPKCS8PrivateKey(site.PrivateKey)
 		if err != nil {
 			log.Fatal(err)
@@ -206,57 +212,3 @@ func pemCert(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
-func newCA() (*x509.Certificate, *ecdsa.PrivateKey) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		log.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kustom-shim bench CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		log.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		log.Fatal(err)
-	}
-	return cert, key
-}
-
-var serial int64 = 1
-
-func newLeaf(ca *x509.Certificate, caKey *ecdsa.PrivateKey, hosts []string) tls.Certificate {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		log.Fatal(err)
-	}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: hosts[0]},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(7 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		log.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
