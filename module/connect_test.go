@@ -135,21 +135,8 @@ func startGateway(t *testing.T, extra string) (*env, *shimtest.Shim) {
 	e.base = fmt.Sprintf("http://127.0.0.1:%d", e.port)
 	shim.Start(t, shim.Globals("")+fmt.Sprintf(`
 http://:%d {
-	kustom {
-		default_target none
-		intercept_connect
-		upstream https://%s
-		transport http {
-			tls_trust_pool file %s
-		}
-		credential shop1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-%s	}
-}
-`, e.port, e.up.Addr, e.up.CAFile, klarnaUser, indent(extra)))
+%s}
+`, e.port, shopKustom(e.up, "default_target none\nintercept_connect\n"+extra)))
 	return e, shim
 }
 

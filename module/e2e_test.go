@@ -103,10 +103,31 @@ http://:%d {
 // indent places extra kustom options in the block, formatted as caddy fmt
 // would (an unformatted Caddyfile draws a warning).
 func indent(options string) string {
-	if options == "" {
-		return ""
+	var b strings.Builder
+	for _, line := range strings.Split(options, "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			b.WriteString("\t\t" + line + "\n")
+		}
 	}
-	return "\t\t" + options + "\n"
+	return b.String()
+}
+
+// shopKustom is the kustom directive most tests use: the recording upstream
+// (dialled instead of Kustom, trusted through its CA), one credential shop1,
+// and extra options.
+func shopKustom(up *testupstream.Upstream, extra string) string {
+	return fmt.Sprintf(`	kustom {
+		upstream https://%s
+		transport http {
+			tls_trust_pool file %s
+		}
+		credential shop1 {
+			klarna_username %s
+			klarna_password {env.KS_KLARNA_PW}
+			kustom_api_key {env.KS_KUSTOM_KEY}
+		}
+%s	}
+`, up.Addr, up.CAFile, klarnaUser, indent(extra))
 }
 
 func do(t *testing.T, c *http.Client, method, url, user, pass string, body string, hdr map[string]string) (*http.Response, []byte) {
@@ -413,18 +434,7 @@ func TestKlarnaHostForm(t *testing.T) {
 	shim.Start(t, shim.Globals("local_certs")+fmt.Sprintf(`
 https://api.klarna.com:%[1]d, https://api.playground.klarna.com:%[1]d {
 	tls internal
-	kustom {
-		upstream https://%[2]s
-		transport http {
-			tls_trust_pool file %[3]s
-		}
-		credential shop1 {
-			klarna_username %[4]s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-	}
-}`, port, up.Addr, up.CAFile, klarnaUser))
+%[2]s}`, port, shopKustom(up, "")))
 
 	client := klarnaHostClient(t, shim, port, "api.klarna.com", "api.playground.klarna.com")
 	up.Handle(func(w http.ResponseWriter, r *http.Request) {
@@ -590,18 +600,7 @@ func TestDNSOverrideFlow(t *testing.T) {
 	shim.Start(t, shim.Globals("local_certs")+fmt.Sprintf(`
 %s {
 	tls internal
-	kustom {
-		upstream https://%s
-		transport http {
-			tls_trust_pool file %s
-		}
-		credential shop1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-	}
-}`, strings.Join(sites, ", "), up.Addr, up.CAFile, klarnaUser))
+%s}`, strings.Join(sites, ", "), shopKustom(up, "")))
 	kustomFlow(up)
 	pool, _ := caddyRoot(t, shim)
 	dns := testdns.Start(t, hosts...)

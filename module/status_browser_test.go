@@ -38,20 +38,9 @@ func startStatusShim(t *testing.T, globals func(*shimtest.Shim) string) *env {
 	}
 	e.shim.Start(t, g+fmt.Sprintf(`
 http://:%d {
-	kustom {
-		upstream https://%s
-		transport http {
-			tls_trust_pool file %s
-		}
-		credential shop1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-	}
-	kustom_status /kustom/status
+%s	kustom_status /kustom/status
 }
-`, e.port, e.up.Addr, e.up.CAFile, klarnaUser))
+`, e.port, shopKustom(e.up, "")))
 	return e
 }
 
