@@ -1,6 +1,7 @@
 package module
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
@@ -87,6 +89,8 @@ type AuthOutcome struct {
 	// ResultSwapped; otherwise the caller's own header goes unchanged.
 	Authorization string
 
+	stored *storedCredential // the matched credential, when swapped
+
 	limit   *concurrencyLimit  // the credential's max_concurrent, if any
 	counter prometheus.Counter // kustom_shim_credentials_total for this outcome
 }
@@ -114,6 +118,7 @@ type storedCredential struct {
 	passwordSum   [sha256.Size]byte // plaintext Klarna password, hashed for a fixed-length compare
 	hasher        *caddyauth.HTTPBasicAuth
 	authorization string
+	header        []string // {authorization}: the header value, never modified
 	limit         *concurrencyLimit
 	// The credential's kustom_shim_credentials_total series, resolved once.
 	swapped, rejected prometheus.Counter
@@ -254,6 +259,7 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 		if strings.ContainsAny(sc.authorization, "\r\n") {
 			return nil, nil, fail("kustom_api_key", "contains a line break")
 		}
+		sc.header = []string{sc.authorization}
 		s.byUser[user] = sc
 		resolved = append(resolved, ResolvedCredential{Name: c.Name, Authorization: sc.authorization, Environment: environment})
 	}
@@ -310,12 +316,13 @@ func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
 	if len(r.Header["Authorization"]) == 0 {
 		return rejectOrKeep(ReasonMissingCredentials)
 	}
-	user, pass, ok := r.BasicAuth()
+	var buf [basicBufSize]byte
+	user, pass, ok := decodeBasic(r.Header.Get("Authorization"), buf[:])
 	if !ok {
 		// Also Kustom's own "Basic <API key>" form: kept under keep.
 		return rejectOrKeep(ReasonMalformedAuthorization)
 	}
-	sc, found := s.byUser[user]
+	sc, found := s.byUser[string(user)] // no allocation for a map key
 	if !found {
 		return rejectOrKeep(ReasonUnknownUsername)
 	}
@@ -324,22 +331,69 @@ func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
 		// keep: forwarding a password we know to be wrong helps nobody.
 		return AuthOutcome{Credential: sc.name, Result: ResultRejected, Refusal: ReasonWrongPassword, counter: sc.rejected}
 	}
-	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization, limit: sc.limit, counter: sc.swapped}
+	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization, stored: sc, limit: sc.limit, counter: sc.swapped}
 }
 
-func (sc *storedCredential) passwordMatches(r *http.Request, pass string) bool {
+func (sc *storedCredential) passwordMatches(r *http.Request, pass []byte) bool {
 	if sc.hasher != nil {
 		// bcrypt reads at most 72 bytes and stops at NUL, so "pw\x00pw" or a
 		// longer password sharing the first 72 bytes would match too.
-		if len(pass) > 72 || strings.IndexByte(pass, 0) >= 0 {
+		if len(pass) > 72 || bytes.IndexByte(pass, 0) >= 0 {
 			return false
 		}
 		_, ok, err := sc.hasher.Authenticate(discardHeaders{}, r)
 		return ok && err == nil
 	}
-	sum := sha256.Sum256([]byte(pass))
+	sum := sha256.Sum256(pass)
 	return subtle.ConstantTimeCompare(sum[:], sc.passwordSum[:]) == 1
 }
+
+// basicBufSize covers every real Basic header on the stack; a longer one is
+// decoded on the heap, with the same result.
+const basicBufSize = 256
+
+// decodeBasic is net/http's Basic parsing (a case-insensitive "Basic "
+// prefix, standard padded base64, split at the first ':') into buf, so that
+// the hot path allocates nothing. The results alias buf.
+func decodeBasic(auth string, buf []byte) (user, pass []byte, ok bool) {
+	const prefix = "Basic "
+	if len(auth) < len(prefix) || !asciiEqualFold(auth[:len(prefix)], prefix) {
+		return nil, nil, false
+	}
+	enc := auth[len(prefix):]
+	if n := base64.StdEncoding.DecodedLen(len(enc)); n > len(buf) {
+		buf = make([]byte, n)
+	}
+	n, err := base64.StdEncoding.Decode(buf, unsafeBytes(enc))
+	if err != nil {
+		return nil, nil, false
+	}
+	user, pass, ok = bytes.Cut(buf[:n], []byte{':'})
+	return user, pass, ok
+}
+
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// unsafeBytes views s as bytes for a read-only use (base64 decoding), to
+// avoid copying the header.
+func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // discardHeaders is the ResponseWriter caddyauth wants for its challenge
 // header; the shim writes its own refusal.

@@ -255,7 +255,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		case ResultSwapped:
 			// Safe to change in place: the access log holds its own clone
 			// of the request, made before any handler ran.
-			r.Header["Authorization"] = []string{auth.Authorization}
+			r.Header["Authorization"] = auth.stored.header
 		}
 		if auth.limit != nil {
 			if !auth.limit.acquire() {
@@ -277,10 +277,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	rq.toHost = target.host
 	rq.logFields("")
 
-	origins := Origins{Upstream: target.origin, Client: ClientOrigin(r)}
+	// The client origin is worked out only when a URL needs rewriting.
+	origins := Origins{Upstream: target.origin}
 	var bodies *bodyRewrite
 	if target != h.passthrough {
 		if bodies = bodyRewriteFor(r.Method, r.URL.Path); bodies != nil {
+			origins.Client = ClientOrigin(r)
 			if reason := h.rewriteRequestBody(r, bodies, origins); reason != "" {
 				return h.refuse(w, &rq, reason)
 			}
@@ -293,7 +295,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	start := time.Now()
 	h.app.Tracker().Touch(UsageKey{Service: rq.service, FromHost: route.FromHost, ToHost: target.host}, start)
-	ow := newOriginWriter(w, origins, bodies)
+	ow := newOriginWriter(w, origins, bodies, r)
 	err := proxyInto(target.rp.pick(r), ow, r, next)
 	headerAt := ow.headerAt
 	if headerAt.IsZero() {

@@ -110,6 +110,9 @@ type originWriter struct {
 	status                          int
 	headerAt                        time.Time // when the upstream's response header was written
 
+	req       *http.Request // whose ClientOrigin origins.Client is, once needed
+	clientSet bool
+
 	rewrite   *bodyRewrite // nil: stream everything
 	buffering bool
 	tooLarge  bool
@@ -121,8 +124,9 @@ type originWriter struct {
 // under 1 MB; a larger body is refused rather than passed with Kustom URLs.
 const MaxResponseRewrite = 8 << 20
 
-func newOriginWriter(w http.ResponseWriter, o Origins, rw *bodyRewrite) *originWriter {
-	ow := &originWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origins: o}
+func newOriginWriter(w http.ResponseWriter, o Origins, rw *bodyRewrite, r *http.Request) *originWriter {
+	ow := &originWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, origins: o, req: r,
+		clientSet: o.Client != "" || r == nil}
 	if rw != nil && len(rw.response) > 0 {
 		ow.rewrite = rw
 	}
@@ -134,7 +138,9 @@ func (w *originWriter) WriteHeader(code int) {
 		w.wroteHeader = true
 		w.status = code
 		w.headerAt = time.Now()
-		rewriteHeaderURLs(w.Header(), w.origins)
+		if h := w.Header(); len(h["Location"]) > 0 || len(h["Content-Location"]) > 0 {
+			rewriteHeaderURLs(h, w.clientOrigins())
+		}
 		if w.rewrite != nil && code >= 200 && code < 300 && rewritableBody(w.Header()) {
 			w.buffering = true
 			if cl, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64); err == nil && cl > MaxResponseRewrite {
@@ -144,6 +150,16 @@ func (w *originWriter) WriteHeader(code int) {
 		}
 	}
 	w.ResponseWriterWrapper.WriteHeader(code)
+}
+
+// clientOrigins is origins with the client origin filled in, worked out on
+// first use: most responses carry no URL to rewrite.
+func (w *originWriter) clientOrigins() Origins {
+	if !w.clientSet {
+		w.origins.Client = ClientOrigin(w.req)
+		w.clientSet = true
+	}
+	return w.origins
 }
 
 // rewritableBody: JSON, and an encoding finish can read.
@@ -213,7 +229,7 @@ func (w *originWriter) finish() (reason Reason, notice string) {
 	var out []byte
 	var err error = decodeErr
 	if err == nil {
-		out, _, err = RewriteJSONFields(plain, w.rewrite.response, w.origins.ToClient)
+		out, _, err = RewriteJSONFields(plain, w.rewrite.response, w.clientOrigins().ToClient)
 	}
 	if err != nil {
 		notice = err.Error()

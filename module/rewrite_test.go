@@ -203,7 +203,7 @@ func TestOriginWriter(t *testing.T) {
 
 	t.Run("WriteHeader 201 rewrites Location", func(t *testing.T) {
 		rec := httptest.NewRecorder()
-		ow := newOriginWriter(rec, o, nil)
+		ow := newOriginWriter(rec, o, nil, nil)
 		ow.Header().Set("Location", loc)
 		ow.Header().Set("Content-Location", loc)
 		ow.WriteHeader(http.StatusCreated)
@@ -228,7 +228,7 @@ func TestOriginWriter(t *testing.T) {
 
 	t.Run("Write without WriteHeader", func(t *testing.T) {
 		rec := httptest.NewRecorder()
-		ow := newOriginWriter(rec, o, nil)
+		ow := newOriginWriter(rec, o, nil, nil)
 		ow.Header().Set("Location", loc)
 		if ow.wroteHeader {
 			t.Fatal("wroteHeader before anything was written")
@@ -247,7 +247,7 @@ func TestOriginWriter(t *testing.T) {
 
 	t.Run("ReadFrom without WriteHeader", func(t *testing.T) {
 		rec := httptest.NewRecorder()
-		ow := newOriginWriter(rec, o, nil)
+		ow := newOriginWriter(rec, o, nil, nil)
 		ow.Header().Set("Location", loc)
 		n, err := ow.ReadFrom(strings.NewReader("body"))
 		if err != nil || n != 4 {
@@ -260,7 +260,7 @@ func TestOriginWriter(t *testing.T) {
 
 	t.Run("103 does not count as the response", func(t *testing.T) {
 		rec := httptest.NewRecorder()
-		ow := newOriginWriter(rec, o, nil)
+		ow := newOriginWriter(rec, o, nil, nil)
 		ow.Header().Set("Link", "</app.js>; rel=preload")
 		ow.WriteHeader(http.StatusEarlyHints)
 		if ow.wroteHeader {
@@ -278,7 +278,7 @@ func TestOriginWriter(t *testing.T) {
 
 	t.Run("second WriteHeader does not change the status", func(t *testing.T) {
 		rec := httptest.NewRecorder()
-		ow := newOriginWriter(rec, Origins{Upstream: "https://api.kustom.co", Client: "https://api.klarna.com"}, nil)
+		ow := newOriginWriter(rec, Origins{Upstream: "https://api.kustom.co", Client: "https://api.klarna.com"}, nil, nil)
 		ow.Header().Set("Location", loc)
 		ow.WriteHeader(http.StatusCreated)
 		ow.WriteHeader(http.StatusOK)
