@@ -42,7 +42,6 @@ type connectIntercept struct {
 	tlsConfig *tls.Config
 	auth      *caddyauth.HTTPBasicAuth // nil: no proxy authentication
 	logger    *zap.Logger
-	conns     sync.WaitGroup
 }
 
 // Timeouts for the connections inside a tunnel, which no Caddy server
@@ -153,11 +152,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, rq *reque
 		return nil
 	}
 	tunnel := &bufferedConn{Conn: conn, r: brw.Reader}
-	h.connect.conns.Add(1)
-	go func() {
-		defer h.connect.conns.Done()
-		h.connect.serveTunnel(tunnel, NormalizeHost(host), srv)
-	}()
+	go h.connect.serveTunnel(tunnel, NormalizeHost(host), srv)
 	return nil
 }
 

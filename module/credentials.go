@@ -91,7 +91,6 @@ type AuthOutcome struct {
 
 	stored *storedCredential // the matched credential, when swapped
 
-	limit   *concurrencyLimit  // the credential's max_concurrent, if any
 	counter prometheus.Counter // kustom_shim_credentials_total for this outcome
 }
 
@@ -331,7 +330,7 @@ func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
 		// keep: forwarding a password we know to be wrong helps nobody.
 		return AuthOutcome{Credential: sc.name, Result: ResultRejected, Refusal: ReasonWrongPassword, counter: sc.rejected}
 	}
-	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization, stored: sc, limit: sc.limit, counter: sc.swapped}
+	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization, stored: sc, counter: sc.swapped}
 }
 
 func (sc *storedCredential) passwordMatches(r *http.Request, pass []byte) bool {

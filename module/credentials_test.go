@@ -442,6 +442,6 @@ func BenchmarkAuthenticate(b *testing.B) {
 // decision is the part of an outcome a caller sees: who, what, why, and
 // the header sent; not the limiter or the metric series behind it.
 func decision(o AuthOutcome) AuthOutcome {
-	o.limit, o.counter, o.stored = nil, nil, nil
+	o.counter, o.stored = nil, nil
 	return o
 }

@@ -67,46 +67,39 @@ func startSidecarOn(t *testing.T, up *testupstream.Upstream, options string) *en
 	}
 	e := &env{shim: shimtest.New(t), up: up, port: shimtest.FreePort(t)}
 	e.base = fmt.Sprintf("http://127.0.0.1:%d", e.port)
+	// shop1 (an API key alone), plus shop2 (Kustom username and password)
+	// and hashed (a bcrypt Klarna password).
+	more := fmt.Sprintf(`credential shop2 {
+	klarna_username K222_second
+	klarna_password {env.KS_KLARNA_PW}
+	kustom_username %s
+	kustom_password {env.KS_KUSTOM_PW}
+}
+credential hashed {
+	klarna_username %s
+	klarna_password_hash %s
+	kustom_api_key {env.KS_KUSTOM_KEY}
+}
+%s`, kustomUser, hashedUser, hash, options)
 	e.shim.Start(t, e.shim.Globals("")+fmt.Sprintf(`
 http://:%d {
 	log {
 		output file %s
 		format json
 	}
-	kustom {
-		upstream https://%s
-		transport http {
-			tls_trust_pool file %s
-		}
-		credential shop1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-		credential shop2 {
-			klarna_username K222_second
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_username %s
-			kustom_password {env.KS_KUSTOM_PW}
-		}
-		credential hashed {
-			klarna_username %s
-			klarna_password_hash %s
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-%s	}
-}
-`, e.port, e.shim.AccessLog, e.up.Addr, e.up.CAFile, klarnaUser, kustomUser, hashedUser, hash, indent(options)))
+%s}
+`, e.port, e.shim.AccessLog, shopKustom(up, more)))
 	return e
 }
 
-// indent places extra kustom options in the block, formatted as caddy fmt
-// would (an unformatted Caddyfile draws a warning).
+// indent places extra kustom options in the block, two tabs deeper, as
+// caddy fmt would (an unformatted Caddyfile draws a warning); nested blocks
+// keep their own indentation.
 func indent(options string) string {
 	var b strings.Builder
 	for _, line := range strings.Split(options, "\n") {
-		if line = strings.TrimSpace(line); line != "" {
-			b.WriteString("\t\t" + line + "\n")
+		if strings.TrimSpace(line) != "" {
+			b.WriteString("\t\t" + strings.TrimRight(line, " \t") + "\n")
 		}
 	}
 	return b.String()

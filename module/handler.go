@@ -91,7 +91,6 @@ type Handler struct {
 
 	hosts       *HostMap
 	creds       *CredentialStore
-	resolved    []ResolvedCredential
 	proxies     map[string]*proxyTarget // by to-host
 	passthrough *proxyTarget
 	logger      *zap.Logger
@@ -147,7 +146,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.hosts, err = NewHostMap(h.Map, h.DefaultTarget); err != nil {
 		return err
 	}
-	if h.creds, h.resolved, err = NewCredentialStore(ctx, h.Credentials, h.UnknownCredentials); err != nil {
+	if h.creds, _, err = NewCredentialStore(ctx, h.Credentials, h.UnknownCredentials); err != nil {
 		return err
 	}
 	if err := h.provisionConnect(ctx); err != nil {
@@ -257,11 +256,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			// of the request, made before any handler ran.
 			r.Header["Authorization"] = auth.stored.header
 		}
-		if auth.limit != nil {
-			if !auth.limit.acquire() {
+		if auth.stored != nil && auth.stored.limit != nil {
+			if !auth.stored.limit.acquire() {
 				return h.refuse(w, &rq, ReasonTooManyRequests)
 			}
-			defer auth.limit.release()
+			defer auth.stored.limit.release()
 		}
 	}
 	if reason := limitRequestBody(r, h.MaxRequestBody); reason != "" {
