@@ -163,7 +163,8 @@ func TestSidecarCreateOrderSwapsCredentialsAndRewritesLocation(t *testing.T) {
 	body := `{"purchase_country":"SE","order_amount":10000,"order_lines":[{"name":"ö","total_amount":10000}]}`
 	resp, got := do(t, shimtest.Client(), "POST", e.base+"/checkout/v3/orders?trace=a%2Fb&x=1", klarnaUser, klarnaPassword, body,
 		map[string]string{"Klarna-Idempotency-Key": "idem-123", "Content-Type": "application/json",
-			"User-Agent": "Klarna/kco_rest_php", "X-Forwarded-For": "10.1.2.3", "Proxy-Authorization": "Basic c2VjcmV0"})
+			"User-Agent": "Klarna/kco_rest_php", "X-Forwarded-For": "10.1.2.3", "Proxy-Authorization": "Basic c2VjcmV0",
+			"X-Forwarded-Host": "shop.internal", "X-Forwarded-Proto": "http", "Forwarded": "for=10.1.2.3", "X-Real-Ip": "10.1.2.3"})
 
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("status %d, body %s", resp.StatusCode, got)
@@ -202,7 +203,7 @@ func TestSidecarCreateOrderSwapsCredentialsAndRewritesLocation(t *testing.T) {
 		}
 	}
 	for name := range r.Header {
-		if strings.HasPrefix(name, "X-Forwarded-") || name == "Proxy-Authorization" || name == "Forwarded" {
+		if strings.HasPrefix(name, "X-Forwarded-") || name == "Proxy-Authorization" || name == "Forwarded" || name == "X-Real-Ip" {
 			t.Errorf("upstream received %s: %q", name, r.Header.Get(name))
 		}
 	}
@@ -517,7 +518,8 @@ func TestUnmatchedPassthrough(t *testing.T) {
 	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 	up := testupstream.New(t)
 	e := startSidecarOn(t, up, "unmatched passthrough https://localhost:"+port(up.Addr))
-	resp, raw := do(t, shimtest.Client(), "POST", e.base+"/payments/v1/sessions", "PK_payments_user", "their-secret", `{"a":1}`, nil)
+	resp, raw := do(t, shimtest.Client(), "POST", e.base+"/payments/v1/sessions", "PK_payments_user", "their-secret", `{"a":1}`,
+		map[string]string{"X-Forwarded-For": "10.1.2.3", "Forwarded": "for=10.1.2.3"})
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d: %s", resp.StatusCode, raw)
 	}
@@ -533,6 +535,11 @@ func TestUnmatchedPassthrough(t *testing.T) {
 	}
 	if r[0].Path != "/payments/v1/sessions" || string(r[0].Body) != `{"a":1}` {
 		t.Errorf("passthrough request %+v", r[0])
+	}
+	for _, name := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"} {
+		if v, ok := r[0].Header[name]; ok {
+			t.Errorf("passthrough sent %s: %q", name, v)
+		}
 	}
 }
 

@@ -139,11 +139,10 @@ func newProxyPair(ctx caddy.Context, t upstreamTarget, transport json.RawMessage
 					{"header": json.RawMessage(`{"Klarna-Idempotency-Key":["*"]}`)},
 				},
 			},
+			// The Kustom host, with no ":443": what Kustom's routing expects.
+			// (The forwarding headers are kept out by stripForwarding.)
 			Headers: &headers.Handler{Request: &headers.HeaderOps{
-				// The Kustom host, with no ":443": what Kustom's routing expects.
 				Set: map[string][]string{"Host": {t.host}},
-				// A third party has no business with the app's network.
-				Delete: []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "X-Real-Ip"},
 			}},
 		}
 		if err := rp.Provision(ctx); err != nil {
