@@ -21,6 +21,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kustomshim/kustomshim/internal/shimtest"
 )
 
 const (
@@ -69,16 +71,7 @@ func readFile(t *testing.T, name string) string {
 // promtoolPath finds promtool, skipping the test without it (failing in CI).
 func promtoolPath(t *testing.T) string {
 	t.Helper()
-	path, err := exec.LookPath("promtool")
-	if err != nil {
-		msg := "promtool not found on PATH; install it with the Debian package " +
-			"\"prometheus\" (apt-get install prometheus) to run this test"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg + " (CI is set, so this is a failure)")
-		}
-		t.Skip(msg)
-	}
-	return path
+	return shimtest.Tool(t, "prometheus", "promtool")
 }
 
 // runPromtool runs promtool with args and fails the test on a non-zero exit.

@@ -40,6 +40,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 
 	_ "github.com/kustomshim/kustomshim/caddyfile"
+	"github.com/kustomshim/kustomshim/internal/shimtest"
 	"github.com/kustomshim/kustomshim/internal/testupstream"
 )
 
@@ -1222,15 +1223,7 @@ func TestSystemdUnit(t *testing.T) {
 // systemdAnalyze finds systemd-analyze, skipping without it (failing in CI).
 func systemdAnalyze(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		msg := "systemd-analyze not found on PATH; install it with the Debian package \"systemd\" to run this test"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg + " (CI is set, so this is a failure)")
-		}
-		t.Skip(msg)
-	}
-	return p
+	return shimtest.Tool(t, "systemd", "systemd-analyze")
 }
 
 // unitCopy writes the unit, with the installed binary's path replaced by a

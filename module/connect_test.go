@@ -191,13 +191,7 @@ func TestHTTPSProxyInterception(t *testing.T) {
 
 // TestCurlThroughProxy: Debian's curl with -x, as PHP's curl would be set up.
 func TestCurlThroughProxy(t *testing.T) {
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("curl is missing: .ci/run installs it")
-		}
-		t.Skip("curl not installed (apt-get install curl)")
-	}
+	curl := shimtest.Tool(t, "curl", "curl")
 	e, shim := startGateway(t, "")
 	kustomFlow(e.up)
 	_, rootFile := caddyRoot(t, shim)
@@ -208,6 +202,7 @@ func TestCurlThroughProxy(t *testing.T) {
 				e.up.Reset()
 				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 				defer cancel()
+				var err error
 				out, err = exec.CommandContext(ctx, curl, "-sS", "-i", version, "-x", e.base, "--cacert", rootFile,
 					"--noproxy", "", "-u", klarnaUser+":"+klarnaPassword, "-X", "POST", "-H", "Content-Type: application/json",
 					"-d", `{"order_amount":100}`, "https://api.playground.klarna.com/checkout/v3/orders").CombinedOutput()

@@ -151,13 +151,7 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 // anything it says about the shim's metrics.
 func promtoolCheckMetrics(t *testing.T, text string) {
 	t.Helper()
-	path, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("promtool is missing: .ci/run installs it (Debian package prometheus)")
-		}
-		t.Skip("promtool not installed (apt-get install prometheus); skipping the scrape format check")
-	}
+	path := shimtest.Tool(t, "prometheus", "promtool")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, "check", "metrics")

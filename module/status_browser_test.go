@@ -97,17 +97,7 @@ func getStatusJSON(t *testing.T, url string, hdr map[string]string) statusDoc {
 // chromium finds the browser, or skips (fails under CI).
 func chromium(t *testing.T) string {
 	t.Helper()
-	for _, name := range []string{"chromium", "/usr/bin/chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	msg := "headless Chromium not found (install Debian's chromium package, /usr/bin/chromium); the status page was not rendered in a browser"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
+	return shimtest.Tool(t, "chromium", "chromium", "/usr/bin/chromium", "chromium-browser", "google-chrome")
 }
 
 // runChromium runs one headless Chromium command, bounded to 60s, with a
