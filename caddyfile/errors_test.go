@@ -27,6 +27,8 @@ type configErrorCase struct {
 	name string
 	// site is the body of the `:8080 { … }` site block.
 	site string
+	// globals, if any, is the global options block before it.
+	globals string
 	// env is set with t.Setenv for the case.
 	env map[string]string
 	// want are substrings the error must contain: at least the field.
@@ -280,6 +282,18 @@ func TestAdaptErrors(t *testing.T) {
 			site: "kustom production",
 			want: []string{"kustom", "argument"},
 		},
+		{
+			name:    "kustom_drain with an argument",
+			globals: "{\n\tservers {\n\t\tlistener_wrappers {\n\t\t\tkustom_drain 5s\n\t\t}\n\t}\n}\n",
+			site:    "kustom",
+			want:    []string{"kustom_drain", "no arguments"},
+		},
+		{
+			name:    "kustom_drain with a block",
+			globals: "{\n\tservers {\n\t\tlistener_wrappers {\n\t\t\tkustom_drain {\n\t\t\t\tlinger 5s\n\t\t\t}\n\t\t}\n\t}\n}\n",
+			site:    "kustom",
+			want:    []string{"kustom_drain", "no block"},
+		},
 	}
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	for _, tc := range cases {
@@ -287,7 +301,7 @@ func TestAdaptErrors(t *testing.T) {
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			_, _, err := adapter.Adapt([]byte(siteCaddyfile("", tc.site)), nil)
+			_, _, err := adapter.Adapt([]byte(siteCaddyfile(tc.globals, tc.site)), nil)
 			checkError(t, tc, err)
 		})
 	}

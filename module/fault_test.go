@@ -40,6 +40,7 @@ type faultShimConfig struct {
 	up        *testupstream.Upstream // nil: dial deadPort, where nothing listens
 	deadPort  int
 	transport []string // extra `transport http` options
+	globals   string   // extra global options
 	admin     bool
 }
 
@@ -70,9 +71,9 @@ func startFaultShim(t *testing.T, c faultShimConfig) *faultShim {
 		transport = "\t\ttransport http {\n\t\t\t" + strings.Join(opts, "\n\t\t\t") + "\n\t\t}\n"
 	}
 	f.cfg = func(keyVar string) string {
-		globals := f.shim.Globals("")
+		globals := f.shim.Globals(c.globals)
 		if adminAddr != "" {
-			globals = f.shim.GlobalsWithAdmin(adminAddr, "")
+			globals = f.shim.GlobalsWithAdmin(adminAddr, c.globals)
 		}
 		return globals + fmt.Sprintf(`
 http://:%d {

@@ -16,6 +16,7 @@ var shimMetrics = struct {
 	credentials *prometheus.CounterVec
 	refused     *prometheus.CounterVec
 	deprecated  *prometheus.CounterVec
+	handedOver  prometheus.Counter
 	lastUsed    prometheus.Collector
 }{
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -39,6 +40,10 @@ var shimMetrics = struct {
 		Name: "kustom_shim_deprecated_calls_total",
 		Help: "Calls to order-management endpoints Kustom has deprecated.",
 	}, []string{"service", "endpoint"}),
+	handedOver: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kustom_shim_connections_handed_over_total",
+		Help: "Kept-alive client connections a reload passed from the old config to the new one (kustom_drain) instead of closing them.",
+	}),
 	lastUsed: lastUsedCollector{},
 }
 
@@ -89,7 +94,7 @@ func registerMetrics(reg *prometheus.Registry) {
 		return
 	}
 	for _, c := range []prometheus.Collector{shimMetrics.requests, shimMetrics.duration, shimMetrics.credentials,
-		shimMetrics.refused, shimMetrics.deprecated, shimMetrics.lastUsed} {
+		shimMetrics.refused, shimMetrics.deprecated, shimMetrics.handedOver, shimMetrics.lastUsed} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -67,12 +67,15 @@ const (
 	reloadKey3 = "kco_test_api_reloaded-key-0007"
 )
 
-func startReloadRig(t *testing.T) *reloadRig {
+// drainOption is the global option that puts kustom_drain on every server.
+const drainOption = "servers {\n\t\tlistener_wrappers {\n\t\t\tkustom_drain\n\t\t}\n\t}"
+
+func startReloadRig(t *testing.T, globals string) *reloadRig {
 	t.Setenv("KS_KUSTOM_KEY_2", reloadKey2)
 	t.Setenv("KS_KUSTOM_KEY_3", reloadKey3)
 	rg := &reloadRig{sawAuth: map[int][]string{}, sawAt: map[int]time.Time{}, reloads: []reload{{key: kustomKey}}}
 	up := testupstream.New(t)
-	rg.f = startFaultShim(t, faultShimConfig{up: up, admin: true})
+	rg.f = startFaultShim(t, faultShimConfig{up: up, admin: true, globals: globals})
 	up.Handle(func(w http.ResponseWriter, r *http.Request) {
 		seq, _ := strconv.Atoi(r.Header.Get("X-Load-Seq"))
 		rg.mu.Lock()
@@ -190,7 +193,7 @@ func TestReloadUnderLoadCurl(t *testing.T) {
 	curl := shimtest.Tool(t, "curl", "curl")
 	const workers, perWorker = 4, 2500
 	const total = workers * perWorker
-	rg := startReloadRig(t)
+	rg := startReloadRig(t, "")
 
 	// One curl per worker, its calls in one config file: one process, one
 	// connection pool, as one PHP worker would have.
@@ -319,19 +322,30 @@ func TestReloadUnderLoadCurl(t *testing.T) {
 //
 // Go's client is stricter than libcurl: it sends a call again after a
 // reload closed its kept-alive connection only if the call is idempotent
-// (GET, or an Idempotency-Key header, net/http's isReplayable). So an order
-// creation written to a connection just as the old server closed it is lost
-// before it reaches the shim; that is HTTP/1.1 (RFC 9112, 9.3.1: a client
-// must not retry a non-idempotent request by itself), and stock Caddy and
-// nginx reloads lose it the same way. The test allows exactly that: a POST,
-// dropped with the connection during a reload, that never reached the
-// upstream. Anything else is a failure.
+// (GET, or an Idempotency-Key header, net/http's isReplayable). So with
+// Caddy's own reload an order creation written to a connection just as the
+// old server closed it is lost before it reaches the shim; that is HTTP/1.1
+// (RFC 9112, 9.3.1: a client must not retry a non-idempotent request by
+// itself), and stock Caddy and nginx reloads lose it the same way. The
+// "caddy default" run allows exactly that: a POST, dropped with the
+// connection during a reload, that never reached the upstream. With
+// kustom_drain on the listener, which hands such connections to the new
+// config, nothing at all may be lost.
 func TestReloadUnderLoad(t *testing.T) {
+	t.Run("caddy default", func(t *testing.T) { reloadUnderLoad(t, false) })
+	t.Run("kustom_drain", func(t *testing.T) { reloadUnderLoad(t, true) })
+}
+
+func reloadUnderLoad(t *testing.T, drain bool) {
 	const (
 		workers  = 8
 		duration = 3 * time.Second
 	)
-	rg := startReloadRig(t)
+	globals := ""
+	if drain {
+		globals = drainOption
+	}
+	rg := startReloadRig(t, globals)
 
 	// A request that got no answer at all.
 	type dropped struct {
@@ -385,7 +399,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		msg := d.err.Error()
 		connDropped := strings.Contains(msg, "EOF") || strings.Contains(msg, "connection reset by peer") ||
 			strings.Contains(msg, "server closed idle connection")
-		if connDropped && rg.inReload(d.at) && len(rg.sawAuth[d.seq]) == 0 {
+		if !drain && connDropped && rg.inReload(d.at) && len(rg.sawAuth[d.seq]) == 0 {
 			lost[d.seq] = true
 			if method := loadRequest(rg.f.base, d.seq).Method; method != "POST" {
 				lostGets = append(lostGets, fmt.Sprintf("#%d %s: %v", d.seq, method, d.err))
@@ -421,6 +435,11 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Errorf("only %d requests after the last reload: not enough to show the new key is used", after)
 	}
 	rg.checkCounted(t, n-len(lost))
+	if drain {
+		after := shimtest.ScrapeURL(t, rg.f.base+"/metrics")
+		t.Logf("kustom_drain handed %v kept-alive connections over to the new config",
+			counterDelta(rg.before, after, "kustom_shim_connections_handed_over_total", nil))
+	}
 
 	if len(lostGets) > 0 {
 		// Go replays a GET whose kept-alive connection closed; a GET lost
