@@ -229,7 +229,9 @@ shim_block() { # upstream
 # alone, as stock Caddy's is reverse_proxy alone.
 write_shim() { # name port metrics-port upstream admin [extra global option]
 	{
-		caddy_globals "$1" "$5" "${6:-}"
+		# With kustom_drain on its listener, as Caddyfile.example has it.
+		caddy_globals "$1" "$5" "$(printf 'servers {\n\t\tlistener_wrappers {\n\t\t\tkustom_drain\n\t\t}\n\t}')${6:+
+	$6}"
 		echo "http://127.0.0.1:$2 {"
 		shim_block "$4" | indent 1
 		echo "}"
