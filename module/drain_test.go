@@ -94,13 +94,21 @@ type keptAlive struct {
 
 func dialKeptAlive(t *testing.T, addr string) *keptAlive {
 	t.Helper()
+	c := dial(t, addr)
+	return &keptAlive{conn: c, r: bufio.NewReader(c)}
+}
+
+// dial is a TCP connection to addr, closed after the test, that gives up
+// after 10 s rather than hang it.
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	return &keptAlive{conn: c, r: bufio.NewReader(c)}
+	return c
 }
 
 // call writes one order creation and reads its answer.
@@ -118,16 +126,52 @@ func (k *keptAlive) call(path string) (*http.Response, string, error) {
 	return resp, string(b), err
 }
 
+// keptAliveAfterOneCall is an app that has made one call to a on the
+// connection it keeps alive.
+func keptAliveAfterOneCall(t *testing.T, a *drainServer, c net.Conn) *keptAlive {
+	t.Helper()
+	if c == nil {
+		c = dial(t, a.addr)
+	}
+	k := &keptAlive{conn: c, r: bufio.NewReader(c)}
+	if resp, body, err := k.call("/first"); err != nil || resp.StatusCode != 200 || resp.Close || body != "A /first" {
+		t.Fatalf("first call: %v %v %q", resp, err, body)
+	}
+	return k
+}
+
+// shutdown stops a server as a reload or a stop does.
+func shutdown(t *testing.T, s *drainServer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// testTLS is a server certificate for localhost and a pool that trusts it.
+func testTLS(t *testing.T) (*tls.Config, *x509.CertPool) {
+	t.Helper()
+	ca, err := testcerts.NewCA("drain test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Leaf("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.PEM())
+	return &tls.Config{Certificates: []tls.Certificate{cert}}, pool
+}
+
 // reloadOnce is a reload as Caddy does one: the new config (B) listens on
 // the address, then the old one (A) shuts down.
 func reloadOnce(t *testing.T, a *drainServer, drain bool) *drainServer {
 	t.Helper()
 	b := startDrainServer(t, "B", a.addr, drain)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := a.srv.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
+	shutdown(t, a)
 	return b
 }
 
@@ -141,10 +185,7 @@ func TestDrainHandsIdleConnectionsToTheNewConfig(t *testing.T) {
 	for _, drain := range []bool{false, true} {
 		t.Run(map[bool]string{false: "caddy default", true: "kustom_drain"}[drain], func(t *testing.T) {
 			a := startDrainServer(t, "A", "127.0.0.1:0", drain)
-			k := dialKeptAlive(t, a.addr)
-			if resp, body, err := k.call("/first"); err != nil || resp.StatusCode != 200 || resp.Close || body != "A /first" {
-				t.Fatalf("first call: %v %v %q", resp, err, body)
-			}
+			k := keptAliveAfterOneCall(t, a, nil)
 			b := reloadOnce(t, a, drain)
 
 			resp, body, err := k.call("/second")
@@ -176,10 +217,7 @@ func TestDrainHandsIdleConnectionsToTheNewConfig(t *testing.T) {
 // whole call; the old server never answers it.
 func TestDrainHandsOverACallBegunBeforeTheReload(t *testing.T) {
 	a := startDrainServer(t, "A", "127.0.0.1:0", true)
-	k := dialKeptAlive(t, a.addr)
-	if _, _, err := k.call("/first"); err != nil {
-		t.Fatal(err)
-	}
+	k := keptAliveAfterOneCall(t, a, nil)
 	call := "POST /second HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n" + `{"order_amount":100}`
 	half := len(call) / 2
 	if _, err := io.WriteString(k.conn, call[:half]); err != nil {
@@ -220,15 +258,8 @@ func TestDrainHandsOverACallBegunBeforeTheReload(t *testing.T) {
 // an idle connection closes as it would without kustom_drain.
 func TestDrainStopClosesAsBefore(t *testing.T) {
 	a := startDrainServer(t, "A", "127.0.0.1:0", true)
-	k := dialKeptAlive(t, a.addr)
-	if _, _, err := k.call("/first"); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := a.srv.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	k := keptAliveAfterOneCall(t, a, nil)
+	shutdown(t, a)
 	if _, err := k.r.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("idle connection after a stop: read %v, want EOF", err)
 	}
@@ -273,15 +304,8 @@ func TestDrainPassesTLSConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	ca, err := testcerts.NewCA("drain test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.Leaf("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wrapped := (&Drain{}).WrapListener(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}}))
+	cfg, _ := testTLS(t)
+	wrapped := (&Drain{}).WrapListener(tls.NewListener(ln, cfg))
 	go func() {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err == nil {
@@ -304,34 +328,11 @@ func TestDrainPassesTLSConnections(t *testing.T) {
 // server reports the *tls.Conn, never the wrapper, so a reload closes such
 // a connection as Caddy does, cleanly, and gives the new config nothing.
 func TestDrainLeavesTLSBelowAlone(t *testing.T) {
-	ca, err := testcerts.NewCA("drain test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.Leaf("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg, pool := testTLS(t)
 	a := startDrainServerIdle(t, "A", "127.0.0.1:0", true, 0, cfg)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca.PEM())
-	c, err := tls.Dial("tcp", a.addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	k := &keptAlive{conn: c, r: bufio.NewReader(c)}
-	if _, body, err := k.call("/first"); err != nil || body != "A /first" {
-		t.Fatalf("first call over TLS: %q %v", body, err)
-	}
+	k := keptAliveAfterOneCall(t, a, tls.Client(dial(t, a.addr), &tls.Config{RootCAs: pool, ServerName: "localhost"}))
 	b := startDrainServerIdle(t, "B", a.addr, true, 0, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := a.srv.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	shutdown(t, a)
 	if _, err := k.r.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Errorf("idle TLS connection after the reload: read %v, want a clean EOF", err)
 	}
