@@ -28,23 +28,25 @@ func init() {
 // over to the new config instead of letting the old one close them.
 //
 // Without it, a reload makes the old server close every kept-alive
-// connection that is between requests at once, and since Go 1.26 also drop
-// a request it reads after the reload began. An app may have just written
-// its next call on such a connection: the call is lost before the shim
-// sees it, and HTTP/1.1 lets a client send it again only if it is
-// idempotent, so Go's client, for one, returns an error for an order
-// creation. With kustom_drain, a connection the old server would close
-// between calls, or on which a new call begins after the reload began, is
-// passed to the listener of the new config on the same address, with the
-// bytes of the call the old server had begun to read; the new config
-// serves it as a fresh connection. The old server never sees that call.
+// connection that is between requests at once, and (Go 1.26) drop a request
+// it reads after the reload began. An app may have just written its next
+// call on such a connection: the call is lost before the shim sees it, and
+// HTTP/1.1 lets a client send it again only if it is idempotent, so Go's
+// client, for one, returns an error for an order creation. With
+// kustom_drain, such a connection is passed to the listener of the new
+// config on the same address, with the bytes of the next call that the old
+// server had already read; the new config serves it as a fresh connection
+// and the old server never answers that call.
 //
-// It changes nothing for TLS connections (HTTPS clients mostly speak
-// HTTP/2, whose GOAWAY already drains without loss), for HTTP/2 over
-// cleartext, with Caddy's protocols limited to h1 (Caddy then wraps
-// connections further), or when no new config listens on the address (a
-// stop): then connections close as they always did.
-type Drain struct{}
+// To know those bytes, it follows the framing of each request on the
+// connection (requestFraming). It leaves alone what it cannot follow:
+// servers with TLS, HTTP/2 over cleartext, hijacked connections, chunked
+// request bodies, a stop (no new config on the address), and servers whose
+// protocols are limited to h1 (Caddy then wraps connections further). Those
+// close as Caddy closes them.
+type Drain struct {
+	srv *caddyhttp.Server
+}
 
 // CaddyModule returns the Caddy module information.
 func (Drain) CaddyModule() caddy.ModuleInfo {
@@ -65,16 +67,23 @@ func (d *Drain) Provision(ctx caddy.Context) error {
 		ctx.Logger().Warn("kustom_drain has no effect unless the server speaks h1 and h2 or h2c (Caddy's default)",
 			zap.Strings("protocols", p))
 	}
+	d.srv = srv
 	srv.RegisterConnState(drainConnState)
 	registerMetrics(ctx.GetMetricsRegistry())
 	return nil
 }
 
 // WrapListener implements caddy.ListenerWrapper. The newest listener on an
-// address is where older ones hand their connections.
+// address is where older ones hand their connections. A server with TLS
+// keeps its listeners as they are: a connection is only ever passed between
+// plain-HTTP listeners, so that no change of config can let a plain
+// connection into an HTTPS server.
 func (d *Drain) WrapListener(ln net.Listener) net.Listener {
+	if d.srv != nil && len(d.srv.TLSConnPolicies) > 0 {
+		return ln
+	}
 	l := &drainListener{Listener: ln, key: ln.Addr().Network() + "/" + ln.Addr().String(),
-		accepted: make(chan acceptResult), handoff: make(chan *drainConn, 256), done: make(chan struct{})}
+		accepted: make(chan acceptResult), signal: make(chan struct{}, 1), done: make(chan struct{})}
 	drainListeners.Lock()
 	drainListeners.byAddr[l.key] = l
 	drainListeners.Unlock()
@@ -96,7 +105,8 @@ func (d *Drain) UnmarshalCaddyfile(disp *caddyfile.Dispenser) error {
 
 // drainListeners is the newest kustom_drain listener on each address, in
 // this process: a reload starts the new config's listeners before it stops
-// the old ones.
+// the old ones. Its lock also orders hand-overs against a listener's Close,
+// so that no connection is left in a queue nobody serves.
 var drainListeners = struct {
 	sync.Mutex
 	byAddr map[string]*drainListener
@@ -109,17 +119,23 @@ type acceptResult struct {
 
 type drainListener struct {
 	net.Listener
-	key      string
-	closing  atomic.Bool // the server is shutting down
-	serving  atomic.Bool // its server has called Accept
-	accepted chan acceptResult
-	handoff  chan *drainConn // connections from an older config
-	done     chan struct{}
-	once     sync.Once
+	key          string
+	closing      atomic.Bool // its server is shutting down
+	serving      atomic.Bool // its server has called Accept
+	acceptFailed atomic.Bool // Accept returned an error: a Close now is Serve giving up, not a shutdown
+	accepted     chan acceptResult
+	done         chan struct{}
+	once         sync.Once
+
+	qmu     sync.Mutex
+	queue   []*drainConn // connections handed over by an older config
+	qclosed bool
+	signal  chan struct{}
 }
 
 // acceptLoop feeds Accept from the socket, so that Accept can also take
-// connections handed over by an older config.
+// connections handed over by an older config. A connection it accepted
+// as the listener closed goes to the new config too.
 func (l *drainListener) acceptLoop() {
 	for {
 		c, err := l.Listener.Accept()
@@ -127,7 +143,7 @@ func (l *drainListener) acceptLoop() {
 		case l.accepted <- acceptResult{c, err}:
 		case <-l.done:
 			if c != nil {
-				_ = c.Close()
+				(&drainConn{Conn: c, ln: l, state: stateUnseen}).transfer()
 			}
 			return
 		}
@@ -139,28 +155,60 @@ func (l *drainListener) acceptLoop() {
 
 func (l *drainListener) Accept() (net.Conn, error) {
 	l.serving.Store(true)
-	select {
-	case c := <-l.handoff:
-		return c, nil
-	case r := <-l.accepted:
-		if r.err != nil {
-			return nil, r.err
+	for {
+		l.qmu.Lock()
+		if len(l.queue) > 0 {
+			c := l.queue[0]
+			l.queue[0] = nil
+			l.queue = l.queue[1:]
+			l.qmu.Unlock()
+			return c, nil
 		}
-		if _, ok := r.c.(*tls.Conn); ok {
-			// Placed after tls: http.Server must see the *tls.Conn itself.
-			return r.c, nil
+		l.qmu.Unlock()
+		select {
+		case <-l.signal:
+			continue
+		case r := <-l.accepted:
+			if r.err != nil {
+				l.acceptFailed.Store(true)
+				return nil, r.err
+			}
+			if _, ok := r.c.(interface{ ConnectionState() tls.ConnectionState }); ok {
+				// TLS below this wrapper: http.Server must see the
+				// connection as it is.
+				return r.c, nil
+			}
+			return &drainConn{Conn: r.c, ln: l, state: stateUnseen}, nil
+		case <-l.done:
+			return nil, net.ErrClosed
 		}
-		return &drainConn{Conn: r.c, ln: l, state: stateUnseen}, nil
-	case <-l.done:
-		return nil, net.ErrClosed
 	}
+}
+
+// push queues a handed-over connection for Accept; false if the listener is
+// closed. Called with drainListeners locked.
+func (l *drainListener) push(c *drainConn) bool {
+	l.qmu.Lock()
+	if l.qclosed {
+		l.qmu.Unlock()
+		return false
+	}
+	l.queue = append(l.queue, c)
+	l.qmu.Unlock()
+	select {
+	case l.signal <- struct{}{}:
+	default:
+	}
+	return true
 }
 
 // Close is the first thing http.Server.Shutdown does, before it closes the
 // idle connections.
 func (l *drainListener) Close() error {
-	l.closing.Store(true)
 	drainListeners.Lock()
+	if !l.acceptFailed.Load() {
+		l.closing.Store(true)
+	}
 	if drainListeners.byAddr[l.key] == l {
 		delete(drainListeners.byAddr, l.key)
 	}
@@ -170,29 +218,19 @@ func (l *drainListener) Close() error {
 		close(l.done)
 		err = l.Listener.Close()
 	})
-	// Connections handed over but not yet accepted.
-	for {
-		select {
-		case c := <-l.handoff:
-			_ = c.Conn.Close()
-		default:
-			return err
-		}
+	l.qmu.Lock()
+	l.qclosed = true
+	queued := l.queue
+	l.queue = nil
+	l.qmu.Unlock()
+	for _, c := range queued {
+		_ = c.Conn.Close()
 	}
+	return err
 }
 
-// successor is the listener of a newer config on the same address.
-func (l *drainListener) successor() *drainListener {
-	drainListeners.Lock()
-	defer drainListeners.Unlock()
-	if s := drainListeners.byAddr[l.key]; s != l && s != nil && s.serving.Load() && !s.closing.Load() {
-		return s
-	}
-	return nil
-}
-
-// drainConnState follows the server's view of each connection: a new or
-// idle one is between calls.
+// drainConnState follows the server's view of each connection and, when a
+// request's head has been read, where that request ends.
 func drainConnState(c net.Conn, s http.ConnState) {
 	dc, ok := c.(*drainConn)
 	if !ok {
@@ -200,21 +238,30 @@ func drainConnState(c net.Conn, s http.ConnState) {
 	}
 	dc.mu.Lock()
 	defer dc.mu.Unlock()
-	if s == http.StateIdle {
+	switch s {
+	case http.StateActive:
+		if dc.state == http.StateNew || dc.state == http.StateIdle {
+			dc.requestRead()
+		}
+	case http.StateIdle:
 		// Between calls: the error of the aborted background read that
-		// ended the last one does not count.
+		// ended the last one does not count; a body the server did not
+		// read to its end leaves the framing unknown.
 		dc.readFailed = false
+		if dc.bodyLeft > 0 {
+			dc.unsure = true
+		}
 	}
 	dc.state = s
 }
 
-// stateUnseen: the server has not reported this connection, because it
-// sees another one wrapping it (TLS, say). Such a connection is never moved.
+// stateUnseen: the server has not reported this connection (it sees another
+// one wrapping it). Such a connection is never moved.
 const stateUnseen http.ConnState = -1
 
 // maxCallBytes bounds what is kept of a call the server has begun to read;
-// a connection with more (headers past the shim's 64 KiB limit) is not
-// moved.
+// a longer head (past the shim's 64 KiB limit) leaves the connection where
+// it is.
 const maxCallBytes = 64 << 10
 
 // errHandedOver stops the old server's read of a connection now served by
@@ -228,10 +275,11 @@ type drainConn struct {
 
 	mu         sync.Mutex
 	state      http.ConnState // as the server last reported it
-	callBytes  []byte         // read since the last write: between calls, the start of the next one
-	pending    []byte         // bytes of a call that an older config began to read
+	next       []byte         // read, and past the end of the last request: the start of the next one
+	bodyLeft   int64          // body bytes of the current request still to come
+	pending    []byte         // bytes of a call an older config had begun to read, served first
 	h2         bool           // HTTP/2 with prior knowledge: not ours to move
-	tooLong    bool           // more than maxCallBytes of the call read: not moved
+	unsure     bool           // the framing is lost: never moved
 	reading    bool           // a Read is waiting on the socket
 	readFailed bool           // the socket read failed: the app closed, or a timeout
 	closed     bool
@@ -240,8 +288,8 @@ type drainConn struct {
 // movable: the connection is between calls while its server shuts down.
 // Called with mu held.
 func (c *drainConn) movable() bool {
-	return !c.gone.Load() && !c.closed && !c.h2 && !c.readFailed && !c.tooLong && c.ln.closing.Load() &&
-		(c.state == http.StateIdle || c.state == http.StateNew)
+	return !c.gone.Load() && !c.closed && !c.h2 && !c.unsure && !c.readFailed && c.bodyLeft == 0 &&
+		c.ln.closing.Load() && (c.state == http.StateIdle || c.state == http.StateNew)
 }
 
 func (c *drainConn) Read(b []byte) (int, error) {
@@ -253,7 +301,7 @@ func (c *drainConn) Read(b []byte) (int, error) {
 	if len(c.pending) > 0 {
 		n := copy(b, c.pending)
 		c.pending = c.pending[n:]
-		c.noteCallBytes(b[:n])
+		c.noteRead(b[:n])
 		c.mu.Unlock()
 		return n, nil
 	}
@@ -270,7 +318,7 @@ func (c *drainConn) Read(b []byte) (int, error) {
 	c.mu.Lock()
 	c.reading = false
 	if n > 0 {
-		c.noteCallBytes(b[:n])
+		c.noteRead(b[:n])
 	}
 	if c.gone.Load() {
 		// Close handed the connection over while this read waited; the
@@ -292,23 +340,51 @@ func (c *drainConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// noteCallBytes keeps what the server read since it last wrote. An app
-// sends its next call once it has the whole answer, so between calls these
-// are the bytes of the next call the server has begun to read, including
-// the byte its background read may have taken while it finished the
-// answer. Called with mu held.
-func (c *drainConn) noteCallBytes(b []byte) {
-	if c.tooLong {
+// noteRead follows what the server reads: body bytes of the current
+// request pass, and the rest is the start of the next request, which the
+// server may hold in its buffers (read ahead, or the one byte its
+// background read takes while it finishes an answer). Called with mu held.
+func (c *drainConn) noteRead(b []byte) {
+	if c.unsure || c.h2 || c.state == stateUnseen || c.state == http.StateHijacked {
 		return
 	}
-	if len(c.callBytes)+len(b) > maxCallBytes {
-		c.tooLong = true
+	if c.bodyLeft > 0 {
+		k := min(int64(len(b)), c.bodyLeft)
+		c.bodyLeft -= k
+		b = b[k:]
+	}
+	if len(b) == 0 {
 		return
 	}
-	c.callBytes = append(c.callBytes, b...)
-	if c.state == http.StateNew && len(c.callBytes) >= 4 && bytes.HasPrefix(c.callBytes, []byte("PRI ")) {
+	if len(c.next)+len(b) > maxCallBytes {
+		c.unsure, c.next = true, nil
+		return
+	}
+	c.next = append(c.next, b...)
+	if c.state == http.StateNew && len(c.next) >= 4 && bytes.HasPrefix(c.next, []byte("PRI ")) {
 		c.h2 = true
 	}
+}
+
+// requestRead: the server has read a request's head (it is now active);
+// whatever follows the request's end is the next one's. Called with mu held.
+func (c *drainConn) requestRead() {
+	if c.unsure || c.h2 {
+		return
+	}
+	head, body, f := requestFraming(c.next)
+	if f != framed {
+		c.unsure, c.next = true, nil
+		return
+	}
+	rest := c.next[head:]
+	if int64(len(rest)) >= body {
+		c.next = append(c.next[:0], rest[body:]...)
+		c.bodyLeft = 0
+		return
+	}
+	c.bodyLeft = body - int64(len(rest))
+	c.next = c.next[:0]
 }
 
 // Close holds back the close of a connection that is between calls while
@@ -340,30 +416,37 @@ func (c *drainConn) handOver() {
 		c.mu.Unlock()
 		return
 	}
-	reading := c.reading
-	c.mu.Unlock()
-	if reading {
+	if c.reading {
+		// Under mu: the woken read clears this deadline (in transfer) only
+		// after it is set.
 		_ = c.Conn.SetReadDeadline(time.Now())
+		c.mu.Unlock()
 		return
 	}
+	c.mu.Unlock()
 	c.transfer()
 }
 
-// transfer gives the socket and the call bytes read so far to the newest
-// config's listener, or closes it when there is none (a stop).
+// transfer gives the socket, with the bytes of the next call read so far,
+// to the newest config's listener on the address, or closes it when there
+// is none (a stop).
 func (c *drainConn) transfer() {
 	c.mu.Lock()
-	call := slices.Clone(c.callBytes)
+	call := append(slices.Clone(c.next), c.pending...)
 	c.mu.Unlock()
-	next := c.ln.successor()
-	if next != nil {
-		_ = c.Conn.SetDeadline(time.Time{})
-		select {
-		case next.handoff <- &drainConn{Conn: c.Conn, ln: next, state: stateUnseen, pending: call}:
-			shimMetrics.handedOver.Inc()
-			return
-		default:
-		}
+	_ = c.Conn.SetDeadline(time.Time{})
+	moved := &drainConn{Conn: c.Conn, state: stateUnseen, pending: call}
+	drainListeners.Lock()
+	next := drainListeners.byAddr[c.ln.key]
+	ok := next != nil && next != c.ln && next.serving.Load() && !next.closing.Load()
+	if ok {
+		moved.ln = next
+		ok = next.push(moved)
+	}
+	drainListeners.Unlock()
+	if ok {
+		shimMetrics.handedOver.Inc()
+		return
 	}
 	_ = c.Conn.Close()
 }
@@ -392,16 +475,9 @@ func (c *drainConn) SetWriteDeadline(t time.Time) error {
 }
 
 func (c *drainConn) Write(b []byte) (int, error) {
-	c.mu.Lock()
 	if c.gone.Load() {
-		c.mu.Unlock()
 		return 0, errHandedOver
 	}
-	if cap(c.callBytes) > maxCallBytes {
-		c.callBytes = nil
-	}
-	c.callBytes, c.tooLong = c.callBytes[:0], false
-	c.mu.Unlock()
 	return c.Conn.Write(b)
 }
 

@@ -6,9 +6,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -29,6 +33,10 @@ type drainServer struct {
 	addr  string
 	calls atomic.Int32
 	last  atomic.Pointer[drainConn] // the connection it last saw change state
+	held  chan struct{}             // a /hold call has begun
+	hold  chan struct{}             // and may answer
+	mu    sync.Mutex
+	paths []string // every path it answered
 }
 
 func startDrainServer(t *testing.T, name, addr string, drain bool) *drainServer {
@@ -52,9 +60,28 @@ func startDrainServerIdle(t *testing.T, name, addr string, drain bool, idle time
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &drainServer{name: name, addr: ln.Addr().String()}
+	s := &drainServer{name: name, addr: ln.Addr().String(), held: make(chan struct{}, 1), hold: make(chan struct{})}
 	s.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.calls.Add(1)
+		s.mu.Lock()
+		s.paths = append(s.paths, r.URL.Path)
+		s.mu.Unlock()
+		switch r.URL.Path {
+		case "/hold":
+			s.held <- struct{}{}
+			<-s.hold
+		case "/duplex":
+			// Answer, whole, then read the body (Caddy's
+			// enable_full_duplex): nothing is written after the body.
+			rc := http.NewResponseController(w)
+			_ = rc.EnableFullDuplex()
+			answer := s.name + " " + r.URL.Path
+			w.Header().Set("Content-Length", strconv.Itoa(len(answer)))
+			_, _ = io.WriteString(w, answer)
+			_ = rc.Flush()
+			_, _ = io.Copy(io.Discard, r.Body)
+			return
+		}
 		_, _ = io.Copy(io.Discard, r.Body)
 		_, _ = io.WriteString(w, s.name+" "+r.URL.Path)
 	}), IdleTimeout: idle}
@@ -227,7 +254,7 @@ func TestDrainHandsOverACallBegunBeforeTheReload(t *testing.T) {
 	for {
 		dc := a.last.Load()
 		dc.mu.Lock()
-		n := len(dc.callBytes)
+		n := len(dc.next)
 		dc.mu.Unlock()
 		if n == half {
 			break
@@ -338,5 +365,115 @@ func TestDrainLeavesTLSBelowAlone(t *testing.T) {
 	}
 	if b.calls.Load() != 0 {
 		t.Errorf("the new config got %d calls from the old TLS connection", b.calls.Load())
+	}
+}
+
+// waitReadingIdle waits until the server's goroutine for its last
+// connection is between requests and waiting on the socket.
+func waitReadingIdle(t *testing.T, s *drainServer) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if dc := s.last.Load(); dc != nil {
+			dc.mu.Lock()
+			ok := dc.state == http.StateIdle && dc.reading
+			dc.mu.Unlock()
+			if ok {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server never waited for the next request")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestDrainKeepsReadAheadBytes: the app sends its next call's first half
+// together with a call (pipelining), so the old server reads that half
+// ahead into its buffer while it handles the first call, before it writes
+// the answer. The new config must get those bytes too.
+func TestDrainKeepsReadAheadBytes(t *testing.T) {
+	a := startDrainServer(t, "A", "127.0.0.1:0", true)
+	k := dialKeptAlive(t, a.addr)
+	second := "POST /second HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\n" + `{"order_amount":100}`
+	half := len(second) / 2
+	if _, err := io.WriteString(k.conn, "GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n"+second[:half]); err != nil {
+		t.Fatal(err)
+	}
+	<-a.held
+	close(a.hold)
+	resp, err := http.ReadResponse(k.r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	waitReadingIdle(t, a)
+	b := reloadOnce(t, a, true)
+	if _, err := io.WriteString(k.conn, second[half:]); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = http.ReadResponse(k.r, nil)
+	if err != nil {
+		t.Fatalf("the call read ahead before the reload: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "B /second" {
+		t.Errorf("the call read ahead before the reload: %d %q, want 200 from the new config", resp.StatusCode, body)
+	}
+	if a.calls.Load() != 1 || b.calls.Load() != 1 {
+		t.Errorf("old config handled %d calls, new %d; want 1 and 1", a.calls.Load(), b.calls.Load())
+	}
+}
+
+// TestDrainFollowsBodiesReadAfterTheAnswer: with full duplex a handler may
+// answer before it reads the body. Those body bytes come after the answer
+// was written, and must still count as body: a body that looks like a
+// request must never reach the new config as one.
+func TestDrainFollowsBodiesReadAfterTheAnswer(t *testing.T) {
+	a := startDrainServer(t, "A", "127.0.0.1:0", true)
+	k := dialKeptAlive(t, a.addr)
+	smuggled := "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+	if _, err := fmt.Fprintf(k.conn, "POST /duplex HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n", len(smuggled)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(k.r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(k.conn, smuggled); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	waitReadingIdle(t, a)
+	b := reloadOnce(t, a, true)
+	if resp, body, err := k.call("/second"); err != nil || resp.StatusCode != 200 || body != "B /second" {
+		t.Fatalf("next call after the reload: %v %q %v", resp, body, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if slices.Contains(b.paths, "/smuggled") {
+		t.Errorf("the new config served a request made of the old one's body: %q", b.paths)
+	}
+}
+
+// TestDrainHandsOverManyConnections: a reload hands over every idle
+// connection at once (Shutdown closes them in one loop); all of them reach
+// the new config.
+func TestDrainHandsOverManyConnections(t *testing.T) {
+	const conns = 1000
+	a := startDrainServer(t, "A", "127.0.0.1:0", true)
+	ks := make([]*keptAlive, conns)
+	for i := range ks {
+		ks[i] = keptAliveAfterOneCall(t, a, nil)
+	}
+	b := reloadOnce(t, a, true)
+	for i, k := range ks {
+		if _, body, err := k.call("/second"); err != nil || body != "B /second" {
+			t.Fatalf("connection %d of %d after the reload: %q %v", i+1, conns, body, err)
+		}
+	}
+	if b.calls.Load() != conns {
+		t.Errorf("the new config answered %d calls, want %d", b.calls.Load(), conns)
 	}
 }
