@@ -3,6 +3,7 @@ package module
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -78,4 +79,43 @@ func TestRequestFramingAgreesWithNetHTTP(t *testing.T) {
 			t.Errorf("%q: net/http leaves %q, requestFraming ends the request at %d of %d", req, rest, head+int(body), len(req))
 		}
 	}
+}
+
+// FuzzRequestFraming: whatever the bytes, when requestFraming says a
+// request is framed and net/http reads a request from the same bytes, both
+// agree on where the request ends; kustom_drain hands the rest to the new
+// config as the next call.
+func FuzzRequestFraming(f *testing.F) {
+	for _, seed := range []string{
+		"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n",
+		"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST",
+		"POST /a HTTP/1.1\nHost: a\ncontent-length: 2\n\nhi",
+		"\r\nPUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+		"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET /a HTTP/1.0\r\n\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		head, body, fr := requestFraming(in)
+		if fr != framed {
+			return
+		}
+		if head <= 0 || head > len(in) || body < 0 {
+			t.Fatalf("requestFraming(%q) = %d, %d", in, head, body)
+		}
+		br := bufio.NewReader(bytes.NewReader(in))
+		r, err := http.ReadRequest(br)
+		if err != nil || r.ContentLength < 0 {
+			return // net/http refuses it, or frames it otherwise: the server answers 400 and closes
+		}
+		if r.ContentLength != body {
+			t.Fatalf("%q: net/http reads a body of %d, requestFraming %d", in, r.ContentLength, body)
+		}
+		n, _ := io.Copy(io.Discard, r.Body)
+		rest, _ := io.ReadAll(br)
+		if want := in[min(len(in), head+int(n)):]; n == body && !bytes.Equal(rest, want) {
+			t.Fatalf("%q: net/http leaves %q after the request, requestFraming %q", in, rest, want)
+		}
+	})
 }
