@@ -410,8 +410,12 @@ SHIM_COUNTED=$(curl -s "http://127.0.0.1:$SHIM_METRICS/metrics" |
 # wrk: both see the same machine at the same moment, so load from outside
 # the benchmark cancels out of the ratios.
 log "paired: stock Caddy and kustom-shim loaded at once, $ROUNDS x $DURATION"
-paired() { # duration -> sets PA (caddy BENCH line), PB (shim BENCH line), PCA/PCB (CPU ticks)
-	local a0 b0 wa wb
+# mallocs ADMIN: the process's heap allocations so far (Go's runtime metrics
+# on the admin endpoint).
+mallocs() { curl -sf "http://$1/metrics" | awk '/^go_memstats_mallocs_total / { printf "%d", $2 }'; }
+paired() { # duration -> sets PA/PB (caddy/shim BENCH line), PCA/PCB (CPU ticks), PMA/PMB (allocations)
+	local a0 b0 wa wb ma0 mb0
+	ma0=$(mallocs "$CADDY_ADMIN") mb0=$(mallocs "$SHIM_ADMIN")
 	a0=$(cpu_ticks "${PID[caddy]}") b0=$(cpu_ticks "${PID[shim]}")
 	wrk_cmd caddy "$1" "$WRK_CONNS" "$WORK/pair-caddy.out" &
 	wa=$!
@@ -426,6 +430,7 @@ paired() { # duration -> sets PA (caddy BENCH line), PB (shim BENCH line), PCA/P
 	wait "$wa" || die "paired wrk (caddy)"
 	wait "$wb" || die "paired wrk (shim)"
 	PCA=$(($(cpu_ticks "${PID[caddy]}") - a0)) PCB=$(($(cpu_ticks "${PID[shim]}") - b0))
+	PMA=$(($(mallocs "$CADDY_ADMIN") - ma0)) PMB=$(($(mallocs "$SHIM_ADMIN") - mb0))
 	PA=$(grep '^BENCH ' "$WORK/pair-caddy.out") PB=$(grep '^BENCH ' "$WORK/pair-shim.out")
 	check_errors "paired caddy" "$PA"
 	check_errors "paired shim" "$PB"
@@ -438,6 +443,9 @@ for round in $(seq "$ROUNDS"); do
 	R[pair:caddy_cpu]+="$(calc "$PCA*1000000/$CLK_TCK/$na" 1) "
 	R[pair:shim_cpu]+="$(calc "$PCB*1000000/$CLK_TCK/$nb" 1) "
 	R[pair:rps_ratio]+="$(ratio "$nb" "$na") "
+	R[pair:caddy_allocs]+="$(calc "$PMA/$na" 1) "
+	R[pair:shim_allocs]+="$(calc "$PMB/$nb" 1) "
+	R[pair:allocs_ratio]+="$(awk -v a="$PMA" -v b="$PMB" -v na="$na" -v nb="$nb" 'BEGIN { printf "%.3f", (b / nb) / (a / na) }') "
 	R[pair:cpu_ratio]+="$(awk -v a="$PCA" -v b="$PCB" -v na="$na" -v nb="$nb" 'BEGIN { printf "%.3f", (b / nb) / (a / na) }') "
 	log "  round $round: caddy $(kv rps "$PA") req/s, shim $(kv rps "$PB") req/s"
 done
@@ -658,6 +666,7 @@ rounds() { for v in ${R[$1]}; do printf "%.${2:-0}f " "$v"; done | sed 's/ $//';
 	echo "|---|---:|---:|---:|---|"
 	echo "| req/s | $(med pair:caddy_rps) | $(med pair:shim_rps) | $(med pair:rps_ratio) | $(rounds pair:rps_ratio 3) |"
 	echo "| proxy CPU µs/req | $(med pair:caddy_cpu) | $(med pair:shim_cpu) | $(med pair:cpu_ratio) | $(rounds pair:cpu_ratio 3) |"
+	echo "| heap allocations/req (whole process, \`go_memstats_mallocs_total\`) | $(med pair:caddy_allocs) | $(med pair:shim_allocs) | $(med pair:allocs_ratio) | $(rounds pair:allocs_ratio 3) |"
 	echo
 	echo "### Legacy client across a WAN ($WAN_DELAY each way, a new TLS connection per call, $WAN_CALLS sequential calls)"
 	echo
