@@ -20,9 +20,12 @@ func init() {
 //
 //	kustom_status [<matcher>] {
 //	    window <duration>
+//	    prometheus <url>
 //	}
 //
 // The duration takes any caddy.ParseDuration form (90m, 24h, 7d); default 7d.
+// prometheus builds the report from that server's history of the whole
+// fleet; the module checks the URL when the config loads.
 func parseKustomStatus(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	d := h.Dispenser
 	d.Next() // directive name
@@ -30,14 +33,19 @@ func parseKustomStatus(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 		return nil, d.Errf("kustom_status: unexpected argument %q: the only argument is a matcher such as /kustom/status or @name; options go in the block", d.Val())
 	}
 	s := new(module.StatusHandler)
-	seen := false
+	seen := map[string]bool{}
 	for d.NextBlock(0) {
-		switch sub := d.Val(); sub {
-		case "window":
-			if seen {
-				return nil, d.Err("kustom_status: window already specified")
+		sub := d.Val()
+		if seen[sub] {
+			return nil, d.Errf("kustom_status: %s already specified", sub)
+		}
+		seen[sub] = true
+		switch sub {
+		case "prometheus":
+			if !d.AllArgs(&s.Prometheus) {
+				return nil, d.Err("kustom_status: prometheus: wrong number of arguments, expected `prometheus <url>`")
 			}
-			seen = true
+		case "window":
 			var v string
 			if !d.AllArgs(&v) {
 				return nil, d.Err("kustom_status: window: wrong number of arguments, expected `window <duration>`")

@@ -70,7 +70,7 @@ func handleAdminStatus(w http.ResponseWriter, r *http.Request) error {
 	if app == nil {
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: errors.New("kustom app not running")}
 	}
-	return writeStatusJSON(w, BuildStatus(app.Usage(), time.Now(), window))
+	return writeStatusJSON(w, http.StatusOK, app.Report(time.Now(), window))
 }
 
 // Interface guards

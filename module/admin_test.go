@@ -38,7 +38,8 @@ func TestAdminStatus(t *testing.T) {
 	callAPI(t, e, "api.playground.klarna.com", "GET", "/hpp/v1/sessions/s-1")
 
 	doc := getStatusJSON(t, admin, nil)
-	if doc.SwitchComplete || doc.Window != "168h0m0s" || len(doc.Services) != 5 || len(doc.ActionRequired) != 2 {
+	if doc.SwitchComplete || doc.Window != "168h0m0s" || len(doc.Services) != 5 || len(doc.ActionRequired) != 1 ||
+		doc.ActionRequired[0].Store != "shop1" || len(doc.ActionRequired[0].Rows) != 2 {
 		t.Fatalf("admin status %+v", doc)
 	}
 	co, hpp := doc.Services[0], doc.Services[3]

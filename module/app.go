@@ -44,6 +44,8 @@ type App struct {
 	stop     chan struct{}
 	done     chan struct{}
 	manage   []managed // certificates to have Caddy's tls app manage at start
+
+	oldStates map[string]bool // state-file keys of an older shape, logged once (sync runs one at a time)
 }
 
 type managed struct {
@@ -90,7 +92,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("instance_id: %q must be 1-128 letters, digits, '.', '_' or '-'", a.instance)
 	}
 	a.storage = ctx.Storage()
-	a.tracker = NewTracker()
+	a.tracker = NewTracker(time.Now())
 	registerMetrics(ctx.GetMetricsRegistry())
 	return nil
 }
@@ -123,6 +125,7 @@ func (a *App) Start() error {
 		// A reload: carry over what the outgoing config saw but may not
 		// have written yet.
 		a.tracker.MergeLocal(prev.tracker.Local())
+		a.tracker.KeepObservingSince(prev.tracker.ObservingSince())
 	}
 	current = a
 	currentMu.Unlock()
@@ -167,8 +170,14 @@ func (a *App) loop() {
 	}
 }
 
-// Usage is the fleet's last-used view, for the status page and metrics.
+// Usage is the evidence of this instance and its peers sharing storage,
+// for the status page and metrics.
 func (a *App) Usage() []Usage { return a.tracker.Merged() }
+
+// Report judges that evidence at now over window.
+func (a *App) Report(now time.Time, window time.Duration) StatusReport {
+	return BuildStatus(a.tracker.Merged(), a.tracker.FleetObservingSince(), now, window)
+}
 
 // Tracker is where handlers record calls.
 func (a *App) Tracker() *Tracker { return a.tracker }
@@ -185,6 +194,7 @@ func (a *App) sync(ctx context.Context, force bool) error {
 		a.logger.Warn("listing last-used state in storage", zap.Error(err))
 	}
 	var peers []Usage
+	var peerSince time.Time
 	for _, k := range keys {
 		if !strings.HasSuffix(k, ".json") {
 			continue
@@ -194,23 +204,33 @@ func (a *App) sync(ctx context.Context, force bool) error {
 			a.logger.Warn("loading last-used state", zap.String("key", k), zap.Error(err))
 			continue
 		}
-		st, err := decodeState(b)
+		st, current, err := decodeState(b)
 		if err != nil {
 			a.logger.Warn("last-used state is not valid JSON; ignoring it", zap.String("key", k), zap.Error(err))
 			continue
 		}
+		if !current {
+			// Written by a shim that recorded no outcomes: its rows cannot
+			// vouch for a switch. Our own is overwritten at the next write.
+			a.noticeOldState(k)
+			continue
+		}
 		if k == a.ownKey() {
 			a.tracker.MergeLocal(st.Usage)
-		} else {
-			peers = append(peers, st.Usage...)
+			a.tracker.KeepObservingSince(st.ObservingSince)
+			continue
+		}
+		peers = append(peers, st.Usage...)
+		if s := st.ObservingSince; !s.IsZero() && (peerSince.IsZero() || s.Before(peerSince)) {
+			peerSince = s
 		}
 	}
-	a.tracker.SetPeers(peers)
+	a.tracker.SetPeers(peers, peerSince)
 
 	if !a.tracker.TakeDirty() && !force {
 		return nil
 	}
-	b, err := encodeState(a.instance, time.Now(), a.tracker.Local())
+	b, err := encodeState(a.instance, time.Now(), a.tracker.ObservingSince(), a.tracker.Local())
 	if err != nil {
 		return err
 	}
@@ -220,6 +240,20 @@ func (a *App) sync(ctx context.Context, force bool) error {
 		return err
 	}
 	return nil
+}
+
+// noticeOldState logs, once per key and app, that a state file of an older
+// shape was passed over.
+func (a *App) noticeOldState(key string) {
+	if a.oldStates[key] {
+		return
+	}
+	if a.oldStates == nil {
+		a.oldStates = map[string]bool{}
+	}
+	a.oldStates[key] = true
+	a.logger.Info("last-used state from an older kustom-shim has no call outcomes; its rows do not count and observing starts afresh",
+		zap.String("key", key))
 }
 
 // Interface guards

@@ -3,11 +3,13 @@ package module
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -19,22 +21,29 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "kustom-status",
-		Usage: "[--address <admin-api-address>] [--config <path> [--adapter <name>]] [--window <duration>]",
-		Short: "Shows which services still call Klarna hosts, from a running shim",
+		Usage: "[--prometheus <url>] [--address <admin-api-address>] [--config <path> [--adapter <name>]] [--window <duration>]",
+		Short: "Tells whether the switch to Kustom is complete, with the evidence",
 		Long: `
-Asks a running kustom-shim's admin API for its switch status (the same data
-as the kustom_status page) and prints one line per service and host: the
-host the app called, where the shim sent it, when it was last used, and what
-to do. The admin address is found as for 'caddy reload': --address, else the
-config's admin address (--config), else localhost:2019.
+Prints the switch status (the same report as the kustom_status page): one
+line per service, host called, store and key, with its state (switched,
+bridged, klarna_host, failing, key_rejected, not_used), when it was last used,
+and what to do; then the verdict in one line.
 
-Exits 0 whether or not action is required; the last line says which.
+With --prometheus it builds the report from a Prometheus server that scrapes
+every shim instance: the fleet's one answer, which survives pod restarts.
+Otherwise it asks a running shim's admin API, found as for 'caddy reload':
+--address, else the config's admin address (--config), else localhost:2019.
+
+Exit status: 0 the switch is complete; 1 action is required or calls fail;
+2 not enough evidence yet (observed for less than the window, or no call
+seen); 3 the status could not be read (shim or Prometheus unreachable).
 `,
 		CobraFunc: func(cmd *cobra.Command) {
+			cmd.Flags().String("prometheus", "", "Build the fleet's report from this Prometheus server (http://host:9090)")
 			cmd.Flags().String("address", "", "The address of the running shim's admin API")
 			cmd.Flags().StringP("config", "c", "", "Configuration file, to find the admin address in")
 			cmd.Flags().StringP("adapter", "a", "", "Name of config adapter to apply")
-			cmd.Flags().String("window", "", "How recent a Klarna call must be to require action (default 7d)")
+			cmd.Flags().String("window", "", "How far back evidence counts, and how long it must have been gathered (default 7d)")
 			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdStatus)
 		},
 	})
@@ -93,55 +102,99 @@ func cmdVerify(fl caddycmd.Flags) (int, error) {
 	return caddy.ExitCodeSuccess, nil
 }
 
+// Exit codes of kustom-status, for scripts and CI gates.
+const (
+	StatusExitComplete   = 0
+	StatusExitAction     = 1
+	StatusExitNotEnough  = 2
+	StatusExitUnreadable = 3
+)
+
+// StatusExitCode is the exit status for a report.
+func StatusExitCode(rep StatusReport) int {
+	switch rep.Verdict {
+	case VerdictComplete:
+		return StatusExitComplete
+	case VerdictActionRequired, VerdictFailing:
+		return StatusExitAction
+	case VerdictNotEnough:
+		return StatusExitNotEnough
+	}
+	return StatusExitUnreadable
+}
+
 func cmdStatus(fl caddycmd.Flags) (int, error) {
+	window := DefaultStatusWindow
+	if win := fl.String("window"); win != "" {
+		d, err := caddy.ParseDuration(win)
+		if err != nil || d <= 0 {
+			return StatusExitUnreadable, fmt.Errorf("--window: %q is not a positive duration such as 24h or 7d", win)
+		}
+		window = d
+	}
+	rep, err := fetchStatus(fl, window)
+	if err != nil {
+		return StatusExitUnreadable, err
+	}
+	printStatus(os.Stdout, rep)
+	if rep.Verdict == VerdictUnavailable {
+		return StatusExitUnreadable, errors.New(rep.Error)
+	}
+	code := StatusExitCode(rep)
+	if code == StatusExitAction {
+		// Caddy's command runner exits 1 only with an error to log.
+		return code, fmt.Errorf("switch not complete: %s", rep.Verdict)
+	}
+	return code, nil
+}
+
+// fetchStatus gets the report from Prometheus or from the shim's admin API.
+func fetchStatus(fl caddycmd.Flags, window time.Duration) (StatusReport, error) {
+	if u := fl.String("prometheus"); u != "" {
+		p, err := NewPrometheusSource(u)
+		if err != nil {
+			return StatusReport{}, fmt.Errorf("--%v", err)
+		}
+		return p.Report(context.Background(), time.Now(), window), nil
+	}
 	addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return StatusReport{}, err
 	}
-	uri := AdminStatusPath
-	if win := fl.String("window"); win != "" {
-		if _, err := caddy.ParseDuration(win); err != nil {
-			return caddy.ExitCodeFailedStartup, fmt.Errorf("--window: %v", err)
-		}
-		uri += "?window=" + url.QueryEscape(win)
-	}
+	uri := AdminStatusPath + "?window=" + url.QueryEscape(window.String())
 	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodGet, uri, nil, nil)
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("asking the shim at %s: %v", addr, err)
+		return StatusReport{}, fmt.Errorf("asking the shim at %s: %v", addr, err)
 	}
 	defer resp.Body.Close()
 	var rep StatusReport
 	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("reading the status from %s: %v", addr, err)
+		return StatusReport{}, fmt.Errorf("reading the status from %s: %v", addr, err)
 	}
-	printStatus(os.Stdout, rep)
-	return caddy.ExitCodeSuccess, nil
+	return rep, nil
 }
 
-// printStatus writes the status table for a terminal.
+// printStatus writes the status table for a terminal, then the verdict.
 func printStatus(w io.Writer, rep StatusReport) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tHOST CALLED\tSENT TO\tLAST USED\tACTION REQUIRED")
-	for _, r := range rep.Services {
-		last := "never"
-		if !r.LastUsed.IsZero() {
-			last = r.LastUsed.UTC().Format(time.RFC3339)
+	if rep.Verdict != VerdictUnavailable {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tHOST CALLED\tSENT TO\tSTORE\tKEY\tSTATE\tLAST USED\tAPPS\tACTION REQUIRED")
+		for _, r := range rep.Services {
+			last := "never"
+			if !r.LastUsed.IsZero() {
+				last = r.LastUsed.UTC().Format(time.RFC3339)
+			}
+			var apps []string
+			for _, c := range r.Clients {
+				apps = append(apps, c.UserAgent)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Service.DisplayName(), dash(r.FromHost), dash(r.ToHost),
+				dash(r.Credential), dash(r.Key), r.State, last, dash(strings.Join(apps, ", ")), dash(r.ActionRequired))
 		}
-		action := r.ActionRequired
-		if action == "" {
-			action = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Service.DisplayName(), dash(r.FromHost), dash(r.ToHost), last, action)
+		tw.Flush()
+		fmt.Fprintf(w, "\nEvidence: observing for %s of %s (source: %s).\n", rep.ObservedFor(), humanDuration(rep.Window), rep.Source)
 	}
-	tw.Flush()
-	switch {
-	case !rep.SwitchComplete:
-		fmt.Fprintf(w, "\nAction required: some services were called on a Klarna host in the last %s.\n", humanDuration(rep.Window))
-	case rep.ShimInUse:
-		fmt.Fprintln(w, "\nAll services use Kustom endpoints; traffic still flows through the shim.")
-	default:
-		fmt.Fprintln(w, "\nAll services use Kustom endpoints, and nothing went through the shim in the window: it can be removed.")
-	}
+	fmt.Fprintln(w, rep.Summary())
 }
 
 func dash(s string) string {

@@ -255,6 +255,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			// Safe to change in place: the access log holds its own clone
 			// of the request, made before any handler ran.
 			r.Header["Authorization"] = auth.stored.header
+			row.Credential, row.Key = auth.Credential, KeySwapped
 		}
 		if auth.stored != nil && auth.stored.limit != nil {
 			if !auth.stored.limit.acquire() {
@@ -294,7 +295,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	stripForwarding(r.Header)
 	start := time.Now()
-	h.app.Tracker().Touch(UsageKey{Service: rq.service, FromHost: route.FromHost, ToHost: target.host}, start)
+	row.ToHost = target.host
+	evidence := h.app.Tracker().Entry(row)
+	evidence.Used(start, r.Header.Get("User-Agent"))
 	ow := newOriginWriter(w, origins, bodies, r)
 	err := proxyInto(target.rp.pick(r), ow, r, next)
 	headerAt := ow.headerAt
@@ -302,6 +305,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		headerAt = time.Now()
 	}
 	observeDuration(rq.service, headerAt.Sub(start).Seconds())
+	recordOutcome(evidence, ow, err, r, headerAt)
 	if err == nil {
 		reason, notice := ow.finish()
 		if notice != "" {
@@ -338,6 +342,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	discardUpstreamHeaders(w.Header())
 	return h.refuse(w, &rq, reason)
+}
+
+// recordOutcome records what the call's answer says about the upstream:
+// worked, failed and why, or nothing when the client gave up before any
+// answer (that says nothing about the upstream).
+func recordOutcome(e *UsageEntry, ow *originWriter, err error, r *http.Request, at time.Time) {
+	if ow.wroteHeader {
+		switch code := ow.status; {
+		case code == http.StatusUnauthorized || code == http.StatusForbidden:
+			e.Failed(at, FailureKeyRejected)
+		case code >= 500:
+			e.Failed(at, Failure5xx)
+		default:
+			e.OK(at)
+		}
+		return
+	}
+	var herr caddyhttp.HandlerError
+	switch {
+	case err == nil:
+		e.OK(at) // an answer with no header written is net/http's implicit 200
+	case r.Context().Err() != nil:
+	case errors.As(err, &herr) && herr.StatusCode == http.StatusGatewayTimeout:
+		e.Failed(at, FailureTimeout)
+	default:
+		e.Failed(at, FailureUnreachable)
+	}
 }
 
 // stripForwarding keeps the app's network to itself: a third party has no

@@ -3,6 +3,7 @@ package module
 import (
 	"errors"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -17,7 +18,7 @@ var shimMetrics = struct {
 	refused     *prometheus.CounterVec
 	deprecated  *prometheus.CounterVec
 	handedOver  prometheus.Counter
-	lastUsed    prometheus.Collector
+	evidence    prometheus.Collector
 }{
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kustom_shim_requests_total",
@@ -44,29 +45,59 @@ var shimMetrics = struct {
 		Name: "kustom_shim_connections_handed_over_total",
 		Help: "Kept-alive client connections a reload passed from the old config to the new one (kustom_drain) instead of closing them.",
 	}),
-	lastUsed: lastUsedCollector{},
+	evidence: evidenceCollector{},
 }
 
-var lastUsedDesc = prometheus.NewDesc("kustom_shim_last_used_timestamp_seconds",
-	"Unix time of the last call per service, API host addressed and destination, across the instances sharing storage.",
-	[]string{"service", "from_host", "to_host"}, nil)
+// The evidence gauges carry a row's labels (all bounded by the config; see
+// UsageKey), so that Prometheus can judge the switch across a fleet exactly
+// as the status page does.
+var (
+	evidenceLabels = []string{"service", "from_host", "to_host", "credential", "key"}
+	lastUsedDesc   = prometheus.NewDesc("kustom_shim_last_used_timestamp_seconds",
+		"Unix time of the last call per service, host addressed, destination, store (credential, \"\" for the app's own key) and key (swapped or kept), across the instances sharing storage.",
+		evidenceLabels, nil)
+	lastSuccessDesc = prometheus.NewDesc("kustom_shim_last_success_timestamp_seconds",
+		"Unix time of the last call the upstream answered below 500 and not 401/403, per row as for last_used.",
+		evidenceLabels, nil)
+	lastFailureDesc = prometheus.NewDesc("kustom_shim_last_failure_timestamp_seconds",
+		"Unix time of the last failed call per row, with why: upstream_unreachable, upstream_timeout, upstream_5xx or kustom_rejected_key (401/403).",
+		append(append([]string(nil), evidenceLabels...), "reason"), nil)
+	observingSinceDesc = prometheus.NewDesc("kustom_shim_observing_since_timestamp_seconds",
+		"Unix time since which this storage (and its peers) has been observing calls; it survives restarts, and a wiped storage starts over.",
+		nil, nil)
+)
 
-// lastUsedCollector reports the running app's merged last-used state, so the
-// gauge, the status page and the stored state never disagree.
-type lastUsedCollector struct{}
+// evidenceCollector reports the running app's evidence, so that the gauges,
+// the status page and the stored state never disagree.
+type evidenceCollector struct{}
 
-func (lastUsedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lastUsedDesc }
+func (evidenceCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{lastUsedDesc, lastSuccessDesc, lastFailureDesc, observingSinceDesc} {
+		ch <- d
+	}
+}
 
-func (lastUsedCollector) Collect(ch chan<- prometheus.Metric) {
+func (evidenceCollector) Collect(ch chan<- prometheus.Metric) {
 	a := currentApp()
 	if a == nil {
 		return
 	}
+	ch <- prometheus.MustNewConstMetric(observingSinceDesc, prometheus.GaugeValue,
+		unixSeconds(a.tracker.FleetObservingSince()))
 	for _, u := range a.Usage() {
-		ch <- prometheus.MustNewConstMetric(lastUsedDesc, prometheus.GaugeValue,
-			float64(u.LastUsed.UnixNano())/1e9, string(u.Service), u.FromHost, u.ToHost)
+		labels := []string{string(u.Service), u.FromHost, u.ToHost, u.Credential, u.Key}
+		ch <- prometheus.MustNewConstMetric(lastUsedDesc, prometheus.GaugeValue, unixSeconds(u.LastUsed), labels...)
+		if !u.LastOK.IsZero() {
+			ch <- prometheus.MustNewConstMetric(lastSuccessDesc, prometheus.GaugeValue, unixSeconds(u.LastOK), labels...)
+		}
+		if !u.LastFailed.IsZero() {
+			ch <- prometheus.MustNewConstMetric(lastFailureDesc, prometheus.GaugeValue, unixSeconds(u.LastFailed),
+				append(labels, string(u.LastFailure))...)
+		}
 	}
 }
+
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 // durationBy holds the duration histogram's series per service, resolved
 // once: a label lookup hashes its values on every call.
@@ -94,7 +125,7 @@ func registerMetrics(reg *prometheus.Registry) {
 		return
 	}
 	for _, c := range []prometheus.Collector{shimMetrics.requests, shimMetrics.duration, shimMetrics.credentials,
-		shimMetrics.refused, shimMetrics.deprecated, shimMetrics.handedOver, shimMetrics.lastUsed} {
+		shimMetrics.refused, shimMetrics.deprecated, shimMetrics.handedOver, shimMetrics.evidence} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

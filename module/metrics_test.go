@@ -254,9 +254,14 @@ func TestLastUsedSurvivesRestartAndSharesStorage(t *testing.T) {
 	m := startMetricsShim(t, shim, up, port)
 	send(t, m.base, "POST", "/checkout/v3/orders", "api-na.klarna.com", klarnaUser, klarnaPassword)
 	key := map[string]string{"service": "checkout", "from_host": "api-na.klarna.com", "to_host": "api.kustom.co"}
-	seen := m.scrape(t).Value("kustom_shim_last_used_timestamp_seconds", key)
+	before := m.scrape(t)
+	seen := before.Value("kustom_shim_last_used_timestamp_seconds", key)
 	if seen == 0 {
 		t.Fatal("no last-used value before the restart")
+	}
+	since := before.Value("kustom_shim_observing_since_timestamp_seconds", nil)
+	if since == 0 || since > seen {
+		t.Fatalf("observing since %v, first call %v", since, seen)
 	}
 
 	// Stop writes the state; a new process start reads it back.
@@ -270,9 +275,15 @@ func TestLastUsedSurvivesRestartAndSharesStorage(t *testing.T) {
 	}
 	// Another instance, sharing this storage, saw traffic on api-oc.klarna.com.
 	peerTime := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
-	peer := fmt.Sprintf(`{"instance":"test-b","written":%q,"usage":[{"service":"settlement","from_host":"api-oc.klarna.com","to_host":"api.kustom.co","last_used":%q}]}`,
-		time.Now().UTC().Format(time.RFC3339), peerTime.Format(time.RFC3339))
+	peerSince := time.Now().Add(-48 * time.Hour).UTC().Truncate(time.Second)
+	peer := fmt.Sprintf(`{"version":2,"instance":"test-b","written":%q,"observing_since":%q,"usage":[{"service":"settlement","from_host":"api-oc.klarna.com","to_host":"api.kustom.co","credential":"shop9","key":"swapped","last_used":%q,"last_ok":%q}]}`,
+		time.Now().UTC().Format(time.RFC3339), peerSince.Format(time.RFC3339), peerTime.Format(time.RFC3339), peerTime.Format(time.RFC3339))
 	if err := os.WriteFile(filepath.Join(shim.Dir, "kustom-shim", "last-used", "test-b.json"), []byte(peer), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A file from a shim that recorded no outcomes does not count.
+	old := `{"instance":"test-c","written":"2026-01-01T00:00:00Z","usage":[{"service":"customer_token","from_host":"api.kustom.co","to_host":"api.kustom.co","last_used":"2026-01-01T00:00:00Z"}]}`
+	if err := os.WriteFile(filepath.Join(shim.Dir, "kustom-shim", "last-used", "test-c.json"), []byte(old), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -281,9 +292,25 @@ func TestLastUsedSurvivesRestartAndSharesStorage(t *testing.T) {
 	if got := after.Value("kustom_shim_last_used_timestamp_seconds", key); math.Abs(got-seen) > 1e-6 {
 		t.Errorf("after restart last used = %v, want %v (restored from storage)", got, seen)
 	}
-	peerKey := map[string]string{"service": "settlement", "from_host": "api-oc.klarna.com", "to_host": "api.kustom.co"}
+	peerKey := map[string]string{"service": "settlement", "from_host": "api-oc.klarna.com", "to_host": "api.kustom.co",
+		"credential": "shop9", "key": "swapped"}
 	if got := after.Value("kustom_shim_last_used_timestamp_seconds", peerKey); got != float64(peerTime.Unix()) {
 		t.Errorf("peer's last used = %v, want %v", got, float64(peerTime.Unix()))
+	}
+	if got := after.Value("kustom_shim_last_success_timestamp_seconds", peerKey); got != float64(peerTime.Unix()) {
+		t.Errorf("peer's last success = %v, want %v", got, float64(peerTime.Unix()))
+	}
+	// Observing began where the fleet first began: the peer, two days ago.
+	if got := after.Value("kustom_shim_observing_since_timestamp_seconds", nil); got != float64(peerSince.Unix()) {
+		t.Errorf("observing since after restart = %v, want the peer's %v", got, float64(peerSince.Unix()))
+	}
+	if n := after.Value("kustom_shim_last_used_timestamp_seconds", map[string]string{"service": "customer_token"}); n != 0 {
+		t.Errorf("an old-format state file counted: %v", n)
+	}
+	// This instance's own start survived the restart.
+	b, err = os.ReadFile(own)
+	if err != nil || !strings.Contains(string(b), `"observing_since": "`+time.Unix(int64(since), 0).UTC().Format("2006-01-02T15:04:05")) {
+		t.Errorf("own state after restart: %v\n%s", err, b)
 	}
 
 	// And a peer's later write is picked up while running (flush_interval 1s).

@@ -3,7 +3,6 @@ package module_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"image"
 	"image/png"
@@ -55,43 +54,6 @@ func callAPI(t *testing.T, e *env, host, method, path string) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("%s %s (Host %q): %d %s", method, path, host, resp.StatusCode, body)
 	}
-}
-
-// statusDoc is the status JSON as a client reads it.
-type statusDoc struct {
-	SwitchComplete bool     `json:"switch_complete"`
-	ShimInUse      bool     `json:"shim_in_use"`
-	Window         string   `json:"window"`
-	GeneratedAt    string   `json:"generated_at"`
-	ActionRequired []string `json:"action_required"`
-	Services       []struct {
-		Service        string  `json:"service"`
-		ServiceName    string  `json:"service_name"`
-		FromHost       string  `json:"from_host"`
-		ToHost         string  `json:"to_host"`
-		LastUsed       *string `json:"last_used"`
-		ActionRequired string  `json:"action_required"`
-		Note           string  `json:"note"`
-	} `json:"services"`
-}
-
-func getStatusJSON(t *testing.T, url string, hdr map[string]string) statusDoc {
-	t.Helper()
-	resp, body := do(t, shimtest.Client(), "GET", url, "", "", "", hdr)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, body)
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type %q", ct)
-	}
-	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
-		t.Errorf("Cache-Control %q", cc)
-	}
-	var doc statusDoc
-	if err := json.Unmarshal(body, &doc); err != nil {
-		t.Fatalf("status JSON: %v\n%s", err, body)
-	}
-	return doc
 }
 
 // chromium finds the browser, or skips (fails under CI).
@@ -195,38 +157,94 @@ func domRow(dom, name, from string) string {
 	return ""
 }
 
+// TestStatusPageInBrowser renders the page for each verdict in headless
+// Chromium at phone and desktop size: the one-line verdict, its colour, and
+// the rows a merchant acts on.
 func TestStatusPageInBrowser(t *testing.T) {
-	t.Run("before the switch", func(t *testing.T) {
-		e := startStatusShim(t, nil)
-		callAPI(t, e, "api.klarna.com", "GET", "/checkout/v3/orders/order-1")
-		callAPI(t, e, "", "GET", "/ordermanagement/v1/orders/order-1")
+	bin := chromium(t)
+	closed := testupstream.New(t)
+	closed.Server.Close()
+	cases := []struct {
+		name, file string
+		up         *testupstream.Upstream
+		status     string // kustom_status options
+		extra      string // kustom options
+		calls      func(t *testing.T, e *env)
+		verdict    string
+		colour     uint32 // the verdict callout's background
+		want       []string
+	}{
+		{name: "not enough evidence", file: "not-enough", verdict: "not_enough_evidence", colour: 0xeceef2,
+			want: []string{"Not enough evidence yet", "no call has been seen"}},
+		{name: "action required", file: "action", verdict: "action_required", colour: 0xfff6e0,
+			calls: func(t *testing.T, e *env) {
+				callAPI(t, e, "api.klarna.com", "GET", "/checkout/v3/orders/order-1")
+				callAPI(t, e, "", "GET", "/ordermanagement/v1/orders/order-1")
+			},
+			want: []string{"Action required", `id="action-required"`, "<h3>store shop1</h3>", "Switch the app calling api.klarna.com",
+				"may already show these services as switched", "Go-http-client/1.1"}},
+		{name: "calls failing", file: "failing", up: closed, verdict: "failing", colour: 0xfdecec,
+			calls: func(t *testing.T, e *env) {
+				send(t, e.base, "GET", "/checkout/v3/orders/order-1", "", klarnaUser, klarnaPassword)
+			},
+			want: []string{"Calls failing", "upstream_unreachable", "could not reach api.kustom.co"}},
+		{name: "complete", file: "complete", status: "window 2s", extra: "unknown_credentials keep\n", verdict: "complete", colour: 0xe9f7ef,
+			calls: func(t *testing.T, e *env) {
+				kustomKeyGet(t, shimtest.Client(), e.base+"/checkout/v3/orders/order-2", "api.kustom.co")
+				shimtest.WaitFor(t, "two seconds of evidence", 10*time.Second, func() bool {
+					kustomKeyGet(t, shimtest.Client(), e.base+"/checkout/v3/orders/order-2", "api.kustom.co")
+					return getStatusJSON(t, e.base+"/kustom/status", nil).SwitchComplete
+				})
+			},
+			want: []string{"Switch complete", "every call reached Kustom and worked", "Switched"}},
+		{name: "prometheus unreachable", file: "unavailable", status: "prometheus http://" + closed.Addr,
+			verdict: "unavailable", colour: 0xeceef2, want: []string{"Cannot tell", "could not be read", "Check that Prometheus is running"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			up := c.up
+			if up == nil {
+				up = testupstream.New(t)
+			}
+			e := startSwitchShim(t, up, c.status, c.extra)
+			if c.calls != nil {
+				c.calls(t, e)
+			}
+			code := http.StatusOK
+			if c.verdict == "unavailable" {
+				code = http.StatusServiceUnavailable
+			}
+			if doc := getStatusJSONCode(t, e.base+"/kustom/status", nil, code); doc.Verdict != c.verdict {
+				t.Fatalf("verdict %q, want %q: %+v", doc.Verdict, c.verdict, doc)
+			}
+			url := e.base + "/kustom/status"
+			dom := runChromium(t, bin, "--dump-dom", url)
+			if dir := os.Getenv("KUSTOMSHIM_SCREENSHOT_DIR"); dir != "" {
+				_ = os.WriteFile(filepath.Join(dir, "status-"+c.file+".html"), []byte(dom), 0o644)
+			}
+			if !strings.Contains(dom, `data-verdict="`+c.verdict+`"`) {
+				t.Errorf("DOM lacks the verdict %q", c.verdict)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(dom, w) {
+					t.Errorf("DOM lacks %q", w)
+				}
+			}
+			if c.verdict != "complete" && strings.Contains(dom, "Switch complete") {
+				t.Error("DOM says the switch is complete")
+			}
+			if img := screenshot(t, bin, url, "status-"+c.file+"-phone.png", 390, 844); !hasColour(img, c.colour) {
+				t.Errorf("phone screenshot lacks the verdict colour #%06x: the page's CSS was not applied", c.colour)
+			}
+			if img := screenshot(t, bin, url, "status-"+c.file+"-desktop.png", 1280, 800); !hasColour(img, c.colour) {
+				t.Errorf("desktop screenshot lacks the verdict colour #%06x", c.colour)
+			}
+		})
+	}
 
-		doc := getStatusJSON(t, e.base+"/kustom/status", map[string]string{"Accept": "application/json"})
-		if doc.SwitchComplete || !doc.ShimInUse || doc.Window != "168h0m0s" {
-			t.Errorf("switch_complete %v shim_in_use %v window %q", doc.SwitchComplete, doc.ShimInUse, doc.Window)
-		}
-		if len(doc.Services) != 5 {
-			t.Fatalf("%d service rows, want the five services: %+v", len(doc.Services), doc.Services)
-		}
-		co := doc.Services[0]
-		if co.Service != "checkout" || co.FromHost != "api.klarna.com" || co.ToHost != "api.kustom.co" ||
-			co.LastUsed == nil || !strings.Contains(co.ActionRequired, "https://api.kustom.co") {
-			t.Errorf("checkout row %+v", co)
-		}
-		if _, err := time.Parse(time.RFC3339, *co.LastUsed); err != nil {
-			t.Errorf("last_used: %v", err)
-		}
-		om := doc.Services[1]
-		if om.Service != "order_management" || om.FromHost != "local" || om.ToHost != "api.kustom.co" ||
-			om.ActionRequired != "" || !strings.Contains(om.Note, "through the shim") {
-			t.Errorf("order management row %+v", om)
-		}
-		if len(doc.ActionRequired) != 1 || !strings.HasPrefix(doc.ActionRequired[0], "Checkout: ") {
-			t.Errorf("action_required %q", doc.ActionRequired)
-		}
-		// ?format=json is the same without a header; the status page was
-		// answered by kustom_status, never proxied.
-		if d := getStatusJSON(t, e.base+"/kustom/status?format=json", nil); d.SwitchComplete || len(d.Services) != 5 {
+	t.Run("status page is never proxied; methods", func(t *testing.T) {
+		e := startStatusShim(t, nil)
+		if d := getStatusJSON(t, e.base+"/kustom/status?format=json", map[string]string{}); len(d.Services) != 5 {
 			t.Errorf("?format=json: %+v", d)
 		}
 		for _, r := range e.up.Requests() {
@@ -242,84 +260,6 @@ func TestStatusPageInBrowser(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || len(body) != 0 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
 			t.Errorf("HEAD: %d %q %d bytes", resp.StatusCode, resp.Header.Get("Content-Type"), len(body))
 		}
-
-		bin := chromium(t)
-		url := e.base + "/kustom/status"
-		dom := runChromium(t, bin, "--dump-dom", url)
-		if dir := os.Getenv("KUSTOMSHIM_SCREENSHOT_DIR"); dir != "" {
-			_ = os.WriteFile(filepath.Join(dir, "status-dom.html"), []byte(dom), 0o644)
-		}
-		for _, want := range []string{
-			`id="action-required"`, "Action required", "Some services are still using Klarna endpoints",
-			"<caption>", `<th scope="col">Host called</th>`,
-		} {
-			if !strings.Contains(dom, want) {
-				t.Errorf("DOM lacks %q", want)
-			}
-		}
-		if strings.Contains(dom, "All services use Kustom endpoints") {
-			t.Error("DOM shows the success message while action is required")
-		}
-		row := domRow(dom, "Checkout", "api.klarna.com")
-		if row == "" || !strings.Contains(row, "api.kustom.co") || !strings.Contains(row, `class="needs-action"`) ||
-			!strings.Contains(row, "<time datetime=\""+*co.LastUsed+"\"") || !strings.Contains(row, "Switch the app calling api.klarna.com") {
-			t.Errorf("checkout row in the DOM:\n%s", row)
-		}
-		row = domRow(dom, "Order management", "local")
-		if row == "" || strings.Contains(row, "needs-action") || !strings.Contains(row, "None") {
-			t.Errorf("order management row in the DOM:\n%s", row)
-		}
-		for _, name := range []string{"Settlement", "Hosted payment page", "Customer token"} {
-			if row := domRow(dom, name, "Not used"); row == "" {
-				t.Errorf("no %q row saying Not used", name)
-			}
-		}
-		// The action list names the service and both hosts.
-		_, section, _ := strings.Cut(dom, `id="action-required"`)
-		section, _, _ = strings.Cut(section, "</section>")
-		if !strings.Contains(section, "<strong>Checkout</strong>") || !strings.Contains(section, "api.klarna.com") {
-			t.Errorf("action section:\n%s", section)
-		}
-
-		// The warning callout's background (--warn-bg) shows on a phone's
-		// first screen.
-		if img := screenshot(t, bin, url, "status-phone.png", 390, 844); !hasColour(img, 0xfff6e0) {
-			t.Error("phone screenshot lacks the warning colour: the page's CSS was not applied")
-		}
-		screenshot(t, bin, url, "status-phone-full.png", 390, 1900) // the whole page, stacked
-		screenshot(t, bin, url, "status-desktop.png", 1280, 800)
-	})
-
-	t.Run("after the switch", func(t *testing.T) {
-		e := startStatusShim(t, nil)
-		callAPI(t, e, "api.kustom.co", "GET", "/checkout/v3/orders/order-2")
-		callAPI(t, e, "api.kustom.co", "GET", "/settlements/v1/payouts")
-
-		doc := getStatusJSON(t, e.base+"/kustom/status", map[string]string{"Accept": "application/json"})
-		if !doc.SwitchComplete || !doc.ShimInUse || len(doc.ActionRequired) != 0 {
-			t.Errorf("switch_complete %v shim_in_use %v action_required %q", doc.SwitchComplete, doc.ShimInUse, doc.ActionRequired)
-		}
-		for _, s := range doc.Services {
-			if s.ActionRequired != "" {
-				t.Errorf("row needs action after the switch: %+v", s)
-			}
-		}
-
-		bin := chromium(t)
-		url := e.base + "/kustom/status"
-		dom := runChromium(t, bin, "--dump-dom", url)
-		if !strings.Contains(dom, "All services use Kustom endpoints") || !strings.Contains(dom, "Traffic still flows through the shim") {
-			t.Errorf("DOM lacks the success message and shim note:\n%s", dom)
-		}
-		if strings.Contains(dom, `id="action-required"`) || strings.Contains(dom, "Some services are still using Klarna endpoints") {
-			t.Error("DOM shows the action section after the switch")
-		}
-		if row := domRow(dom, "Checkout", "api.kustom.co"); row == "" || strings.Contains(row, "needs-action") {
-			t.Errorf("checkout row in the DOM:\n%s", row)
-		}
-		if img := screenshot(t, bin, url, "status-phone-complete.png", 390, 844); !hasColour(img, 0xe9f7ef) {
-			t.Error("phone screenshot lacks the success colour: the page's CSS was not applied")
-		}
 	})
 }
 
@@ -333,11 +273,31 @@ func TestStatusDirectiveErrors(t *testing.T) {
 		{"kustom_status /s {\n\t\twindow -1h\n\t}", `window: "-1h" must be positive`},
 		{"kustom_status /s {\n\t\twindow 1h\n\t\twindow 2h\n\t}", "window already specified"},
 		{"kustom_status /s {\n\t\twindw 1h\n\t}", `unrecognized kustom_status option "windw"`},
+		{"kustom_status /s {\n\t\tprometheus\n\t}", "prometheus: wrong number of arguments"},
+		{"kustom_status /s {\n\t\tprometheus http://a:9090 http://b:9090\n\t}", "prometheus: wrong number of arguments"},
+		{"kustom_status /s {\n\t\tprometheus http://a:9090\n\t\tprometheus http://b:9090\n\t}", "prometheus already specified"},
 	}
 	for _, c := range cases {
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(":8080 {\n\t"+c.site+"\n}\n"), nil)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: error %v, want %q", c.site, err, c.want)
+		}
+	}
+	// What only loading can tell: the URL itself. A secret in it never
+	// shows in the error.
+	shim := shimtest.New(t)
+	for url, want := range map[string]string{
+		"ftp://prom:9090":                  "must be an http:// or https:// URL",
+		"http://":                          "has no host",
+		"http://admin:s3cret-pw@prom:9090": "user info in the URL is not allowed",
+		"http://prom:9090/?x=1":            "must have no query",
+	} {
+		err := shimtest.LoadError(t, shim.Globals("")+"\n:0 {\n\tkustom_status /s {\n\t\tprometheus "+url+"\n\t}\n}\n")
+		if err == nil || !strings.Contains(err.Error(), "prometheus: ") || !strings.Contains(err.Error(), want) {
+			t.Errorf("prometheus %s: error %v, want %q", url, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret-pw") {
+			t.Errorf("prometheus %s: the error shows the password: %v", url, err)
 		}
 	}
 }

@@ -124,7 +124,7 @@ func BenchmarkHotPath(b *testing.B) {
 	for _, n := range []int{10, 10000} {
 		b.Run(fmt.Sprintf("credentials=%d", n), func(b *testing.B) {
 			creds := store(b, n)
-			tracker := module.NewTracker()
+			tracker := module.NewTracker(time.Now())
 			auth := klarnaAuth(n / 2)
 			probe := httptest.NewRequest("GET", "/", nil)
 			probe.Header["Authorization"] = auth
@@ -133,6 +133,7 @@ func BenchmarkHotPath(b *testing.B) {
 				b.Run(c.name, func(b *testing.B) {
 					r := httptest.NewRequest(c.method, "http://"+c.host+c.path, nil)
 					r.Host = c.host
+					r.Header.Set("User-Agent", "kco_rest_php/4.0.0 (legacy shop)")
 					b.ReportAllocs()
 					for b.Loop() {
 						r.Header["Authorization"] = auth // as the client sent it
@@ -154,13 +155,17 @@ func BenchmarkHotPath(b *testing.B) {
 						logFields(extra, service, route, out.Credential)
 						origins := module.Origins{Upstream: "https://" + route.ToHost}
 						start := time.Now()
-						tracker.Touch(module.UsageKey{Service: service, FromHost: route.FromHost, ToHost: route.ToHost}, start)
+						evidence := tracker.Entry(module.UsageKey{Service: service, FromHost: route.FromHost, ToHost: route.ToHost,
+							Credential: out.Credential, Key: module.KeySwapped})
+						evidence.Used(start, r.Header.Get("User-Agent"))
 						if c.location != "" {
 							// The client origin is worked out only when a URL is there.
 							origins.Client = module.ClientOrigin(r)
 							sinkString, _ = origins.ToClient(c.location)
 						}
-						checkoutDuration.Observe(time.Since(start).Seconds())
+						now := time.Now()
+						checkoutDuration.Observe(now.Sub(start).Seconds())
+						evidence.OK(now)
 						mRequests.WithLabelValues(string(service), route.FromHost, route.ToHost, "200").Inc()
 						sinkOutcome, sinkExtra = out, extra
 					}
@@ -178,13 +183,15 @@ func BenchmarkHotPathParts(b *testing.B) {
 		b.Fatal(err)
 	}
 	creds := store(b, 10)
-	tracker := module.NewTracker()
+	tracker := module.NewTracker(time.Now())
 	auth := klarnaAuth(5)
 	c := hotCases[0]
 	r := httptest.NewRequest(c.method, "http://"+c.host+c.path, nil)
 	r.Header["Authorization"] = auth
+	r.Header.Set("User-Agent", "kco_rest_php/4.0.0 (legacy shop)")
 	route, _ := hosts.Resolve(r.Host)
-	key := module.UsageKey{Service: module.Checkout, FromHost: route.FromHost, ToHost: route.ToHost}
+	key := module.UsageKey{Service: module.Checkout, FromHost: route.FromHost, ToHost: route.ToHost,
+		Credential: "shop5", Key: module.KeySwapped}
 	parts := []struct {
 		name string
 		f    func()
@@ -198,7 +205,11 @@ func BenchmarkHotPathParts(b *testing.B) {
 		}},
 		{"deprecated_endpoint", func() { _, sinkBool = module.DeprecatedEndpoint(r.Method, r.URL.Path) }},
 		{"client_origin", func() { sinkString = module.ClientOrigin(r) }},
-		{"tracker_touch", func() { tracker.Touch(key, time.Now()) }},
+		{"tracker_record", func() {
+			e := tracker.Entry(key)
+			e.Used(time.Now(), r.Header.Get("User-Agent"))
+			e.OK(time.Now())
+		}},
 		{"metrics", func() {
 			swappedCounter.Inc()
 			checkoutDuration.Observe(0.001)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,13 +126,15 @@ func TestExampleStartsWithoutSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	var status struct {
+		Verdict        string            `json:"verdict"`
 		SwitchComplete bool              `json:"switch_complete"`
 		Services       []json.RawMessage `json:"services"`
 	}
 	err = json.NewDecoder(resp.Body).Decode(&status)
 	resp.Body.Close()
-	if err != nil || len(status.Services) != 5 || !status.SwitchComplete {
-		t.Errorf("status page: %v, %d services, complete %v", err, len(status.Services), status.SwitchComplete)
+	// A shim that has just started has seen nothing: never "complete".
+	if err != nil || len(status.Services) != 5 || status.SwitchComplete || status.Verdict != "not_enough_evidence" {
+		t.Errorf("status page: %v, %d services, complete %v, verdict %q", err, len(status.Services), status.SwitchComplete, status.Verdict)
 	}
 	resp, err = http.Get(fmt.Sprintf("http://127.0.0.1:%d/kustom-shim/metrics", port))
 	if err != nil {
@@ -224,6 +227,7 @@ func freePort(t *testing.T) int {
 type shimProcess struct {
 	port, admin int
 	logs        *strings.Builder
+	stop        func() // graceful stop; also run when the test ends
 }
 
 func startProcess(t *testing.T, caddyfile string, port, admin int) *shimProcess {
@@ -236,21 +240,27 @@ func startProcess(t *testing.T, caddyfile string, port, admin int) *shimProcess 
 	cmd := exec.Command(bin, "run", "--config", path)
 	cmd.Env = []string{"HOME=" + home, "XDG_DATA_HOME=" + home, "XDG_CONFIG_HOME=" + home}
 	p := &shimProcess{port: port, admin: admin, logs: new(strings.Builder)}
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	var logMu sync.Mutex
+	cmd.Stdout = lockedWriter{&logMu, p.logs}
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		// SIGINT: a graceful stop, which writes the last-used state.
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-		}
-	})
+	var once sync.Once
+	p.stop = func() {
+		once.Do(func() {
+			// SIGINT: a graceful stop, which writes the last-used state.
+			_ = cmd.Process.Signal(os.Interrupt)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+			}
+		})
+	}
+	t.Cleanup(p.stop)
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 			c.Close()
@@ -260,6 +270,18 @@ func startProcess(t *testing.T, caddyfile string, port, admin int) *shimProcess 
 			t.Fatalf("kustom-shim did not start:\n%s", p.logs.String())
 		}
 	}
+}
+
+// lockedWriter serialises the process' stdout and stderr into one log.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 func (p *shimProcess) get(t *testing.T, host, path string) int {
@@ -298,40 +320,64 @@ func fleetConfig(up *testupstream.Upstream, storage, instance string, port, admi
 `, admin, storage, instance, port, up.Addr, up.CAFile)
 }
 
-// TestKustomStatusFromRunningShim: the terminal table of a running shim,
-// before any traffic and after an app called a Klarna host.
+// TestKustomStatusFromRunningShim: the terminal table and exit status of a
+// running shim: not enough evidence on a fresh start (2), complete once a
+// short window has passed with only switched calls (0), action required after
+// an app calls a Klarna host (1), and a shim that cannot be asked (3).
 func TestKustomStatusFromRunningShim(t *testing.T) {
 	up := testupstream.New(t)
 	port, admin := freePort(t), freePort(t)
 	p := startProcess(t, fleetConfig(up, t.TempDir(), "solo", port, admin), port, admin)
+	status := func() (string, int) {
+		return run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", admin), "--window", "2s")
+	}
 
-	out, code := run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", admin))
-	if code != 0 || !strings.Contains(out, "All services use Kustom endpoints") {
+	out, code := status()
+	if code != 2 || !strings.Contains(out, "Not enough evidence yet: no call has been seen") {
 		t.Fatalf("before traffic: exit %d\n%s", code, out)
 	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		if got := p.get(t, "api.kustom.co", "/checkout/v3/orders/o1"); got != 200 {
+			t.Fatalf("status %d", got)
+		}
+		if out, code = status(); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never complete: exit %d\n%s", code, out)
+		}
+	}
+	if !strings.Contains(out, "Switch complete") || !strings.Contains(out, "switched") {
+		t.Errorf("complete output:\n%s", out)
+	}
+
 	if got := p.get(t, "api.klarna.com", "/checkout/v3/orders/o1"); got != 200 {
 		t.Fatalf("status %d", got)
 	}
-	out, code = run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", admin))
-	if code != 0 {
+	out, code = status()
+	if code != 1 {
 		t.Fatalf("exit %d\n%s", code, out)
 	}
 	var row string
 	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "Checkout ") {
+		if strings.HasPrefix(l, "Checkout ") && strings.Contains(l, "api.klarna.com") {
 			row = l
 		}
 	}
-	for _, want := range []string{"api.klarna.com", "api.kustom.co", time.Now().UTC().Format("2006-01-02"), "Switch the app calling api.klarna.com"} {
+	for _, want := range []string{"api.klarna.com", "api.kustom.co", "kept", "klarna_host", "Go-http-client/1.1",
+		time.Now().UTC().Format("2006-01-02"), "Switch the app calling api.klarna.com"} {
 		if !strings.Contains(row, want) {
 			t.Errorf("checkout row %q lacks %q", row, want)
 		}
 	}
-	if !strings.Contains(out, "Action required: some services were called on a Klarna host in the last 7 days") {
+	if !strings.Contains(out, "Action required: apps sending their own key still depends on the shim") {
 		t.Errorf("no action summary:\n%s", out)
 	}
 	if strings.Contains(out, "their-own-password") {
 		t.Error("the status prints a caller's password")
+	}
+	if out, code = run(t, nil, "kustom-status", "--address", "127.0.0.1:1"); code != 3 {
+		t.Errorf("unreachable shim: exit %d\n%s", code, out)
 	}
 }
 
