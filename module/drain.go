@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -39,9 +40,11 @@ func init() {
 // and the old server never answers that call.
 //
 // To know those bytes, it follows the framing of each request on the
-// connection (requestFraming). It leaves alone what it cannot follow:
-// servers with TLS, HTTP/2 over cleartext, hijacked connections, chunked
-// request bodies, a stop (no new config on the address), and servers whose
+// connection (requestFraming), and it makes the start of the next call
+// read on the new config as on the old (settleStart). It leaves alone what
+// it cannot follow: servers with TLS, HTTP/2 over cleartext, hijacked
+// connections, chunked request bodies, a next call that begins the HTTP/2
+// preface, a stop (no new config on the address), and servers whose
 // protocols are limited to h1 (Caddy then wraps connections further). Those
 // close as Caddy closes them.
 type Drain struct {
@@ -223,8 +226,11 @@ func (l *drainListener) Close() error {
 	queued := l.queue
 	l.queue = nil
 	l.qmu.Unlock()
+	// Handed over to this config but not yet accepted by its server: when
+	// a reload follows closely on another, the newest config serves them.
+	// Closing them would lose a call an app had already written.
 	for _, c := range queued {
-		_ = c.Conn.Close()
+		c.transfer()
 	}
 	return err
 }
@@ -283,61 +289,137 @@ type drainConn struct {
 	reading    bool           // a Read is waiting on the socket
 	readFailed bool           // the socket read failed: the app closed, or a timeout
 	closed     bool
+
+	// served: an HTTP/1 request has been read on the connection, here or
+	// under an older config; its next bytes are HTTP/1 too.
+	served bool
+	// afterPOST: the last request was a POST, and the CR/LF net/http drops
+	// before the next one (crlfAfterPOST) are still at the start of
+	// next, then pending, then the socket.
+	afterPOST bool
+	// startOpen: handed over before the next call's first bytes were
+	// known. They are held back in pending, unserved, until settleStart
+	// can tell how the call begins.
+	startOpen bool
+	// preface: handed over mid-HTTP/1, and the next bytes begin the
+	// HTTP/2 preface. Read ends the connection instead of serving them.
+	preface bool
 }
 
 // movable: the connection is between calls while its server shuts down.
 // Called with mu held.
 func (c *drainConn) movable() bool {
-	return !c.gone.Load() && !c.closed && !c.h2 && !c.unsure && !c.readFailed && c.bodyLeft == 0 &&
+	return !c.gone.Load() && !c.closed && !c.h2 && !c.unsure && !c.readFailed && !c.preface && c.bodyLeft == 0 &&
 		c.ln.closing.Load() && (c.state == http.StateIdle || c.state == http.StateNew)
 }
 
+// Read serves the server the bytes of a call an older config handed over
+// (pending), then the socket's. While its server shuts down, a connection
+// between calls is handed over instead of read, pending bytes included: a
+// new config that is itself shutting down would read a whole call from
+// them and drop it unanswered, as it drops any request it reads once its
+// shutdown began.
 func (c *drainConn) Read(b []byte) (int, error) {
-	c.mu.Lock()
-	if c.gone.Load() {
-		c.mu.Unlock()
-		return 0, errHandedOver
+	if len(b) == 0 {
+		return 0, nil
 	}
-	if len(c.pending) > 0 {
-		n := copy(b, c.pending)
-		c.pending = c.pending[n:]
-		c.noteRead(b[:n])
+	for {
+		c.mu.Lock()
+		if c.gone.Load() {
+			c.mu.Unlock()
+			return 0, errHandedOver
+		}
+		if c.preface {
+			// As if the app had closed: the server ends the connection
+			// without an answer, and does not switch it to HTTP/2.
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		if c.movable() {
+			c.mu.Unlock()
+			c.handOver()
+			return 0, errHandedOver
+		}
+		if len(c.pending) > 0 && !c.startOpen {
+			n := copy(b, c.pending)
+			c.pending = c.pending[n:]
+			c.noteRead(b[:n])
+			c.mu.Unlock()
+			return n, nil
+		}
+		c.reading = true
+		c.mu.Unlock()
+
+		n, err := c.Conn.Read(b)
+
+		c.mu.Lock()
+		c.reading = false
+		if c.startOpen && n > 0 {
+			// The call's first bytes: held back until they are known.
+			c.pending = append(c.pending, b[:n]...)
+			n = 0
+			c.settleStart()
+		} else if n > 0 {
+			c.noteRead(b[:n])
+		}
+		if c.gone.Load() {
+			// Close handed the connection over while this read waited; the
+			// bytes are the new config's now.
+			c.mu.Unlock()
+			c.transfer()
+			return 0, errHandedOver
+		}
+		if err != nil {
+			c.readFailed = true
+			c.mu.Unlock()
+			return n, err
+		}
+		if n == 0 {
+			// Held back: serve them, or read on, as they tell.
+			c.mu.Unlock()
+			continue
+		}
+		if c.movable() {
+			// A call began after the reload did: the old server must not
+			// read it (it would drop it unanswered).
+			c.mu.Unlock()
+			c.handOver()
+			return 0, errHandedOver
+		}
 		c.mu.Unlock()
 		return n, nil
 	}
-	if c.movable() {
-		c.mu.Unlock()
-		c.handOver()
-		return 0, errHandedOver
-	}
-	c.reading = true
-	c.mu.Unlock()
+}
 
-	n, err := c.Conn.Read(b)
-
-	c.mu.Lock()
-	c.reading = false
-	if n > 0 {
-		c.noteRead(b[:n])
+// settleStart looks at the first bytes of the next call on a connection
+// handed over by an older config, once enough of them are there (pending
+// holds them), and ends startOpen. Called with mu held, or before the
+// connection is shared.
+//
+// The new server sees the connection as fresh, so two things the old
+// server does with the start of the next call it would do otherwise:
+//   - after a POST, the old server drops up to four CR/LF (the extra CRLF
+//     some clients send after a body); the new one would read them as a
+//     malformed request and answer 400, a final answer where a close lets
+//     a client retry. They are dropped here.
+//   - a connection that began with the HTTP/2 preface is served as HTTP/2
+//     by a server with h2c; mid-HTTP/1, the old server reads the preface
+//     as an HTTP/1 request and closes after its answer. Such a connection
+//     is closed (preface) rather than switched to HTTP/2.
+func (c *drainConn) settleStart() {
+	rest := c.pending
+	if c.afterPOST {
+		n, known := crlfAfterPOST(rest)
+		if !known {
+			return
+		}
+		rest = rest[n:]
 	}
-	if c.gone.Load() {
-		// Close handed the connection over while this read waited; the
-		// bytes are the new config's now.
-		c.mu.Unlock()
-		c.transfer()
-		return 0, errHandedOver
+	if c.served && len(rest) < len(h2PrefaceStart) && bytes.HasPrefix(h2PrefaceStart, rest) {
+		return // may yet be the preface
 	}
-	if err != nil {
-		c.readFailed = true
-	} else if c.movable() {
-		// A call began after the reload did: the old server must not
-		// read it (it would drop it unanswered).
-		c.mu.Unlock()
-		c.handOver()
-		return 0, errHandedOver
-	}
-	c.mu.Unlock()
-	return n, err
+	c.pending, c.afterPOST, c.startOpen = rest, false, false
+	c.preface = c.served && bytes.HasPrefix(rest, h2PrefaceStart)
 }
 
 // noteRead follows what the server reads: body bytes of the current
@@ -361,7 +443,7 @@ func (c *drainConn) noteRead(b []byte) {
 		return
 	}
 	c.next = append(c.next, b...)
-	if c.state == http.StateNew && len(c.next) >= 4 && bytes.HasPrefix(c.next, []byte("PRI ")) {
+	if c.state == http.StateNew && len(c.next) >= len(h2PrefaceStart) && bytes.HasPrefix(c.next, h2PrefaceStart) {
 		c.h2 = true
 	}
 }
@@ -372,18 +454,19 @@ func (c *drainConn) requestRead() {
 	if c.unsure || c.h2 {
 		return
 	}
-	head, body, f := requestFraming(c.next)
+	r, f := requestFraming(c.next, c.afterPOST)
 	if f != framed {
 		c.unsure, c.next = true, nil
 		return
 	}
-	rest := c.next[head:]
-	if int64(len(rest)) >= body {
-		c.next = append(c.next[:0], rest[body:]...)
+	c.served, c.afterPOST = true, r.post
+	rest := c.next[r.headLen:]
+	if int64(len(rest)) >= r.bodyLen {
+		c.next = append(c.next[:0], rest[r.bodyLen:]...)
 		c.bodyLeft = 0
 		return
 	}
-	c.bodyLeft = body - int64(len(rest))
+	c.bodyLeft = r.bodyLen - int64(len(rest))
 	c.next = c.next[:0]
 }
 
@@ -429,13 +512,19 @@ func (c *drainConn) handOver() {
 
 // transfer gives the socket, with the bytes of the next call read so far,
 // to the newest config's listener on the address, or closes it when there
-// is none (a stop).
+// is none (a stop), or when the next call begins the HTTP/2 preface
+// (settleStart).
 func (c *drainConn) transfer() {
 	c.mu.Lock()
-	call := append(slices.Clone(c.next), c.pending...)
+	moved := &drainConn{Conn: c.Conn, state: stateUnseen, pending: append(slices.Clone(c.next), c.pending...),
+		served: c.served, afterPOST: c.afterPOST, startOpen: true}
 	c.mu.Unlock()
+	moved.settleStart()
+	if moved.preface {
+		_ = c.Conn.Close()
+		return
+	}
 	_ = c.Conn.SetDeadline(time.Time{})
-	moved := &drainConn{Conn: c.Conn, state: stateUnseen, pending: call}
 	drainListeners.Lock()
 	next := drainListeners.byAddr[c.ln.key]
 	ok := next != nil && next != c.ln && next.serving.Load() && !next.closing.Load()

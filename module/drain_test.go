@@ -30,6 +30,7 @@ import (
 type drainServer struct {
 	name  string
 	srv   *http.Server
+	dl    *drainListener // its kustom_drain listener, if any
 	addr  string
 	calls atomic.Int32
 	last  atomic.Pointer[drainConn] // the connection it last saw change state
@@ -47,6 +48,19 @@ func startDrainServer(t *testing.T, name, addr string, drain bool) *drainServer 
 // serves HTTPS with the wrapper below TLS (before the tls placeholder).
 func startDrainServerIdle(t *testing.T, name, addr string, drain bool, idle time.Duration, tlsCfg *tls.Config) *drainServer {
 	t.Helper()
+	return startDrainServerWith(t, name, addr, drain, drainServerOpts{idle: idle, tls: tlsCfg})
+}
+
+type drainServerOpts struct {
+	idle  time.Duration
+	tls   *tls.Config // serve HTTPS, with the wrapper below TLS
+	h2c   bool        // also serve HTTP/2 with prior knowledge, as Caddy does with h2c
+	onNew func()      // called as the server accepts each connection, in its accept loop
+}
+
+func startDrainServerWith(t *testing.T, name, addr string, drain bool, opts drainServerOpts) *drainServer {
+	t.Helper()
+	idle, tlsCfg := opts.idle, opts.tls
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
@@ -85,14 +99,23 @@ func startDrainServerIdle(t *testing.T, name, addr string, drain bool, idle time
 		_, _ = io.Copy(io.Discard, r.Body)
 		_, _ = io.WriteString(w, s.name+" "+r.URL.Path)
 	}), IdleTimeout: idle}
+	if opts.h2c {
+		s.srv.Protocols = new(http.Protocols)
+		s.srv.Protocols.SetHTTP1(true)
+		s.srv.Protocols.SetUnencryptedHTTP2(true)
+	}
 	if drain {
 		s.srv.ConnState = func(c net.Conn, st http.ConnState) {
 			drainConnState(c, st)
 			if dc, ok := c.(*drainConn); ok {
 				s.last.Store(dc)
 			}
+			if st == http.StateNew && opts.onNew != nil {
+				opts.onNew()
+			}
 		}
 		ln = (&Drain{}).WrapListener(ln)
+		s.dl = ln.(*drainListener)
 	}
 	served := ln
 	if tlsCfg != nil {
@@ -138,10 +161,18 @@ func dial(t *testing.T, addr string) net.Conn {
 	return c
 }
 
+// orderCreation is the bytes of one order creation, a POST.
+func orderCreation(path string) string {
+	return "POST " + path + " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n" + `{"order_amount":100}`
+}
+
 // call writes one order creation and reads its answer.
 func (k *keptAlive) call(path string) (*http.Response, string, error) {
-	body := `{"order_amount":100}`
-	req := "POST " + path + " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n" + body
+	return k.send(orderCreation(path))
+}
+
+// send writes the bytes of a call and reads its answer.
+func (k *keptAlive) send(req string) (*http.Response, string, error) {
 	if _, err := io.WriteString(k.conn, req); err != nil {
 		return nil, "", err
 	}
@@ -476,4 +507,242 @@ func TestDrainHandsOverManyConnections(t *testing.T) {
 	if b.calls.Load() != conns {
 		t.Errorf("the new config answered %d calls, want %d", b.calls.Load(), conns)
 	}
+}
+
+// waitNext waits until the server's goroutine for its last connection is
+// between requests, waiting on the socket, having read next of the next
+// call.
+func waitNext(t *testing.T, s *drainServer, next string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if dc := s.last.Load(); dc != nil {
+			dc.mu.Lock()
+			ok := dc.state == http.StateIdle && dc.reading && string(dc.next) == next
+			dc.mu.Unlock()
+			if ok {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server never waited for the next request, having read %q of it", next)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestDrainDropsTheCRLFAfterAPOST: some clients send an extra CRLF after a
+// POST's body, and net/http's server drops up to four CR/LF before the
+// request that follows a POST. The new config sees a handed-over
+// connection as fresh and would read them as a malformed request: a 400,
+// a final answer, where a closed connection would have let the client
+// retry. Wherever the CR/LF fall (read by the old server before the
+// reload, or written after it), the new config answers the next call.
+func TestDrainDropsTheCRLFAfterAPOST(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		before, after string // after the first call's body: read by the old server, written after the reload
+	}{
+		{"with the body", "\r\n", ""},
+		{"split by the reload", "\r", "\n"},
+		{"four, split", "\r\n\r", "\n"},
+		{"after the reload", "", "\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := startDrainServer(t, "A", "127.0.0.1:0", true)
+			k := dialKeptAlive(t, a.addr)
+			if resp, body, err := k.send(orderCreation("/first") + tc.before); err != nil || resp.StatusCode != 200 || body != "A /first" {
+				t.Fatalf("first call: %v %q %v", resp, body, err)
+			}
+			waitNext(t, a, tc.before)
+			b := reloadOnce(t, a, true)
+			resp, body, err := k.send(tc.after + orderCreation("/second"))
+			if err != nil {
+				t.Fatalf("second call: %v", err)
+			}
+			if resp.StatusCode != 200 || body != "B /second" {
+				t.Errorf("second call, after %q: %d %q; want 200 from the new config", tc.before+tc.after, resp.StatusCode, body)
+			}
+			if b.calls.Load() != 1 {
+				t.Errorf("the new config handled %d calls, want 1", b.calls.Load())
+			}
+		})
+	}
+}
+
+// TestDrainClosesOnTheHTTP2PrefaceMidHTTP1: an app that sends the HTTP/2
+// preface on a connection it has used for HTTP/1.1 would be switched to
+// HTTP/2 by a new config with h2c, which sees the connection as fresh;
+// the old server reads the preface as an HTTP/1 request instead. Such a
+// connection is closed, as a reload closes it without kustom_drain, and
+// the new config writes nothing on it: wherever the reload falls in the
+// preface, and also after a POST's extra CRLF, which the old server drops.
+func TestDrainClosesOnTheHTTP2PrefaceMidHTTP1(t *testing.T) {
+	const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	for _, tc := range []struct {
+		name, crlf string
+		before     int // bytes of the preface the old server reads before the reload
+	}{
+		{"first line read", "", len("PRI * HTTP/2.0\r\n")},
+		{"two bytes read", "", 2},
+		{"sent after the reload", "", 0},
+		{"after a CRLF", "\r\n", len("PRI * HTTP/2.0\r\n")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := startDrainServerWith(t, "A", "127.0.0.1:0", true, drainServerOpts{h2c: true})
+			k := keptAliveAfterOneCall(t, a, nil)
+			if _, err := io.WriteString(k.conn, tc.crlf+preface[:tc.before]); err != nil {
+				t.Fatal(err)
+			}
+			waitNext(t, a, tc.crlf+preface[:tc.before])
+			b := startDrainServerWith(t, "B", a.addr, true, drainServerOpts{h2c: true})
+			shutdown(t, a)
+			_, _ = io.WriteString(k.conn, preface[tc.before:]) // the connection may be closed already
+			got, err := io.ReadAll(k.r)
+			if len(got) > 0 {
+				t.Errorf("after the HTTP/2 preface, mid-HTTP/1.1, the connection got %q; want it closed without an answer", got)
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Errorf("the connection stayed open: %v", err)
+			}
+			if b.calls.Load() != 0 {
+				t.Errorf("the new config served %d calls on it", b.calls.Load())
+			}
+		})
+	}
+}
+
+// blockFirstAccept makes a server's accept loop wait, as it takes its
+// first connection, until release is called: the connections handed over
+// after it stay queued, and that one is not yet read.
+func blockFirstAccept() (opts drainServerOpts, accepted <-chan struct{}, release func()) {
+	took, free := make(chan struct{}), make(chan struct{})
+	var first, freed sync.Once
+	opts.onNew = func() {
+		first.Do(func() {
+			close(took)
+			<-free
+		})
+	}
+	return opts, took, func() { freed.Do(func() { close(free) }) }
+}
+
+// shutdownAsync starts a server's shutdown, as a reload does, and returns
+// once its listener is closing; wait waits for the shutdown to end.
+func shutdownAsync(t *testing.T, s *drainServer) (wait func()) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- s.srv.Shutdown(ctx)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for !s.dl.closing.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the server never closed its listener")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return func() {
+		t.Helper()
+		if err := <-done; err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	}
+}
+
+// TestDrainHandsOverConnectionsStillQueuedAtClose: two reloads close
+// together (A to B, then B to C) while B's server has not yet accepted
+// every connection A handed it. Those still in B's queue when B's
+// listener closes go on to C; closing them would lose the next call of
+// each. The one B's server took but had not read goes on to C too.
+func TestDrainHandsOverConnectionsStillQueuedAtClose(t *testing.T) {
+	a := startDrainServer(t, "A", "127.0.0.1:0", true)
+	ks := []*keptAlive{keptAliveAfterOneCall(t, a, nil), keptAliveAfterOneCall(t, a, nil)}
+	opts, accepted, release := blockFirstAccept()
+	defer release()
+	b := startDrainServerWith(t, "B", a.addr, true, opts)
+	shutdown(t, a)
+	<-accepted
+	// A's Shutdown may return before its reads, woken, finish their
+	// hand-overs.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b.dl.qmu.Lock()
+		queued := len(b.dl.queue)
+		b.dl.qmu.Unlock()
+		if queued == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections queued on B, want 1", queued)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c := startDrainServer(t, "C", a.addr, true)
+	wait := shutdownAsync(t, b)
+	release()
+	wait()
+	for i, k := range ks {
+		if _, body, err := k.call("/second"); err != nil || body != "C /second" {
+			t.Errorf("connection %d after two reloads: %q %v; want C's answer", i+1, body, err)
+		}
+	}
+	if b.calls.Load() != 0 || c.calls.Load() != 2 {
+		t.Errorf("B handled %d calls, C %d; want 0 and 2", b.calls.Load(), c.calls.Load())
+	}
+}
+
+// TestDrainHandsOverPendingCallsOfAConfigShuttingDown: a connection comes
+// to B with a whole call the old server had read (it read the call just as
+// its shutdown began, before it saw the request), and B's server takes it
+// only once B itself is shutting down. B's server would read that call
+// from the pending bytes and drop it unanswered, as a server drops any
+// request it reads during its shutdown; instead the connection, pending
+// call included, goes on to C, which answers it.
+func TestDrainHandsOverPendingCallsOfAConfigShuttingDown(t *testing.T) {
+	opts, accepted, release := blockFirstAccept()
+	defer release()
+	b := startDrainServerWith(t, "B", "127.0.0.1:0", true, opts)
+	app, old := tcpPair(t)
+	// The hand-over from the old config, as transfer does it: the call
+	// was read, whole, by a server that had served one before.
+	(&drainConn{Conn: old, ln: &drainListener{key: b.dl.key}, state: http.StateIdle, served: true,
+		next: []byte(orderCreation("/second"))}).transfer()
+	<-accepted
+	c := startDrainServer(t, "C", b.addr, true)
+	wait := shutdownAsync(t, b)
+	release()
+	wait()
+	resp, err := http.ReadResponse(bufio.NewReader(app), nil)
+	if err != nil {
+		t.Fatalf("the call handed over to B as B shut down: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "C /second" {
+		t.Errorf("the call handed over to B as B shut down: %d %q; want C's answer", resp.StatusCode, body)
+	}
+	if b.calls.Load() != 0 || c.calls.Load() != 1 {
+		t.Errorf("B handled %d calls, C %d; want 0 and 1", b.calls.Load(), c.calls.Load())
+	}
+}
+
+// tcpPair is the two ends of a loopback TCP connection: the app's, and
+// the server's.
+func tcpPair(t *testing.T) (app, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	app = dial(t, ln.Addr().String())
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return app, server
 }
