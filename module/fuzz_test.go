@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
@@ -298,15 +299,25 @@ func FuzzBasicAuthorization(f *testing.F) {
 // FuzzClassify
 
 // fzCleanSegments: no "." or ".." segment and no empty segment except after
-// a trailing slash, by splitting rather than scanning.
+// a trailing slash, also once a ";…" path parameter is dropped (as Tomcat
+// does); no "%" (a second decoding), no control character, valid UTF-8. By
+// splitting rather than scanning.
 func fzCleanSegments(path string) bool {
-	if !strings.HasPrefix(path, "/") {
+	if !strings.HasPrefix(path, "/") || !utf8.ValidString(path) || strings.Contains(path, "%") {
+		return false
+	}
+	if strings.ContainsFunc(path, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		return false
 	}
 	segs := strings.Split(path[1:], "/")
 	for i, s := range segs {
 		if s == "." || s == ".." || s == "" && i != len(segs)-1 {
 			return false
+		}
+		if p := strings.Index(s, ";"); p >= 0 {
+			if name := s[:p]; name == "" || name == "." || name == ".." {
+				return false
+			}
 		}
 	}
 	return true
@@ -346,6 +357,12 @@ func FuzzClassify(f *testing.F) {
 		{"/checkout/v3/\xff\xfe", "GET"},
 		{"", ""},
 		{"/checkout/v3/" + strings.Repeat("a/", 3000), "GET"},
+		{"/checkout/v3/..;/..;/payments/v1/sessions", "POST"},
+		{"/checkout/v3/orders/o1;v=1", "GET"},
+		{"/checkout/v3/;x/orders", "GET"},
+		{"/checkout/v3/%2e%2e/%2e%2e/payments/v1/sessions", "GET"},
+		{"/checkout/v3/\xc0\xae\xc0\xae/payments", "GET"},
+		{"/checkout/v3/..\x00/payments", "GET"},
 	} {
 		f.Add(s.path, s.method)
 	}

@@ -180,6 +180,15 @@ func transportFor(t upstreamTarget, transport json.RawMessage) (*reverseproxy.HT
 		if err := json.Unmarshal(transport, &tr); err != nil {
 			return nil, fmt.Errorf("transport: %v", err)
 		}
+		// For the same reason as an http:// upstream is refused: the shim
+		// sends Kustom credentials (and passes on callers' own), and without
+		// a certificate check anyone on the path could collect them. A
+		// private CA belongs in tls_trust_pool.
+		if tr.TLS != nil && tr.TLS.InsecureSkipVerify {
+			return nil, fmt.Errorf("transport: tls_insecure_skip_verify (tls.insecure_skip_verify) is not allowed: " +
+				"the shim sends Kustom credentials, which must only go to a server whose certificate is checked; " +
+				"trust a private CA with tls_trust_pool instead")
+		}
 	}
 	if t.tls {
 		if tr.TLS == nil {

@@ -34,6 +34,7 @@ func TestRefusalShape(t *testing.T) {
 		{ReasonProxyAuthRequired, http.StatusProxyAuthRequired, "PROXY_AUTHENTICATION_REQUIRED"},
 		{ReasonTooManyRequests, http.StatusTooManyRequests, "TOO_MANY_REQUESTS"},
 		{ReasonHeadersTooLarge, http.StatusRequestHeaderFieldsTooLarge, "REQUEST_HEADER_FIELDS_TOO_LARGE"},
+		{ReasonUpgradeRefused, http.StatusBadRequest, "BAD_VALUE"},
 	}
 	tested := map[Reason]bool{}
 	for _, c := range cases {

@@ -3,6 +3,7 @@ package module
 import (
 	"bytes"
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -134,6 +135,7 @@ func newOriginWriter(w http.ResponseWriter, o Origins, rw *bodyRewrite, r *http.
 }
 
 func (w *originWriter) WriteHeader(code int) {
+	stripShimError(w.Header())
 	if code >= 200 && !w.wroteHeader {
 		w.wroteHeader = true
 		w.status = code
@@ -150,6 +152,31 @@ func (w *originWriter) WriteHeader(code int) {
 		}
 	}
 	w.ResponseWriterWrapper.WriteHeader(code)
+}
+
+// stripShimError removes an upstream's own Kustom-Shim-Error from h, as a
+// header and as an announced trailer: apps and monitoring read that header
+// as "the shim refused, nothing reached Kustom", which must stay true
+// whatever an upstream (or something posing as one) sends. The shim's own
+// refusals are written past the originWriter and keep it.
+func stripShimError(h http.Header) {
+	delete(h, ErrorHeader)
+	if len(h["Trailer"]) == 0 {
+		return
+	}
+	var kept []string
+	for _, v := range h["Trailer"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" && !strings.EqualFold(name, ErrorHeader) {
+				kept = append(kept, name)
+			}
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, "Trailer")
+		return
+	}
+	h["Trailer"] = []string{strings.Join(kept, ", ")}
 }
 
 // clientOrigins is origins with the client origin filled in, worked out on
@@ -212,10 +239,20 @@ func (w *originWriter) FlushError() error {
 type writerOnly struct{ io.Writer }
 
 // finish writes a held-back body, rewritten. It reports ReasonResponseTooLarge
-// when the body was over the limit: nothing has reached the client then, so
+// when the body was over the limit, as sent or once decoded (a gzip body of
+// a few kB can decode to gigabytes): nothing has reached the client then, so
 // the handler can still refuse. A body that is not the JSON expected goes out
 // as it came, and notice says so (once per endpoint, by the caller).
+//
+// finish runs once the proxy is done, so it also drops a Kustom-Shim-Error
+// the upstream sent as a trailer, which the proxy copies into the header
+// map after the body (see stripShimError): a trailer announced in the
+// header was already struck out there, and an unannounced one would go out
+// under http.TrailerPrefix or, on a held-back body, as a header.
 func (w *originWriter) finish() (reason Reason, notice string) {
+	h := w.Header()
+	delete(h, ErrorHeader)
+	delete(h, http.TrailerPrefix+ErrorHeader)
 	if !w.buffering {
 		return "", ""
 	}
@@ -223,9 +260,15 @@ func (w *originWriter) finish() (reason Reason, notice string) {
 	if w.tooLarge {
 		return ReasonResponseTooLarge, ""
 	}
-	h := w.Header()
 	body := w.buf.Bytes()
 	plain, decodeErr := decodeBody(body, h.Get("Content-Encoding"))
+	if errors.Is(decodeErr, errResponseTooLarge) {
+		// Small on the wire, too large decoded: as unrewritable as a plain
+		// body over the limit, and passing it on would hand the client
+		// Kustom's URLs. Nothing was written yet, so the handler refuses.
+		w.tooLarge = true
+		return ReasonResponseTooLarge, ""
+	}
 	var out []byte
 	var err error = decodeErr
 	if err == nil {

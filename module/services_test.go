@@ -1,6 +1,9 @@
 package module
 
-import "testing"
+import (
+	"net/url"
+	"testing"
+)
 
 // TestClassifyKustomEndpoints: every endpoint of the migration facts is
 // counted under the service the Kustom Portal shows it in.
@@ -57,6 +60,12 @@ func TestClassifyKustomEndpoints(t *testing.T) {
 		{"/checkout/v3/orders/a.b", Checkout},
 		{"/checkout/v3/orders/..a", Checkout},
 		{"/settlements/v1/reports/payout.csv", Settlement},
+		// A path parameter on an ordinary segment stays in that segment.
+		{"/checkout/v3/orders/a;b", Checkout},
+		{"/checkout/v3/orders/ord-1;x/abort", Checkout},
+		// Decoded escapes that name no path structure.
+		{"/checkout/v3/orders/a b", Checkout},
+		{"/checkout/v3/orders/k\u00f6p", Checkout},
 	}
 	for _, c := range cases {
 		if got := Classify(c.path); got != c.want {
@@ -110,9 +119,74 @@ func TestClassifyUnmatched(t *testing.T) {
 		"/hpp/v1/sessions/../../../payments/v1/sessions",
 		"/customer-token/v1/./tokens/t",
 		"/settlements/v1//payouts",
+		// Tomcat-style path parameters: Tomcat drops ";…" from a segment,
+		// so "..;" is a ".." segment there.
+		"/checkout/v3/..;/..;/payments/v1/sessions",
+		"/checkout/v3/..;x=1/payments/v1/sessions",
+		"/checkout/v3/orders/..;",
+		"/checkout/v3/.;/orders",
+		"/checkout/v3/;/orders",
+		"/checkout/v3/;x/orders",
+		"/checkout/v3/orders/;",
+		// A literal % in the decoded path: the client sent %25, so a server
+		// that decodes once more sees another path (%252e%252e is "..").
+		"/checkout/v3/%2e%2e/%2e%2e/payments/v1/sessions",
+		"/checkout/v3/%2E%2E/payments/v1/sessions",
+		"/checkout/v3/..%2fpayments/v1/sessions",
+		"/checkout/v3/orders/100%",
+		// Bytes that are not UTF-8 (overlong "." among them) and control
+		// characters, which servers read in different ways.
+		"/checkout/v3/orders/\xff\xfe",
+		"/checkout/v3/\xc0\xae\xc0\xae/payments/v1/sessions",
+		"/checkout/v3/orders/\xe2\x82",
+		"/checkout/v3/..\x00/payments/v1/sessions",
+		"/checkout/v3/orders/a\x7f",
+		"/checkout/v3/orders/a\tb",
 	} {
 		if got := Classify(p); got != Unmatched {
 			t.Errorf("Classify(%q) = %q, want %q", p, got, Unmatched)
+		}
+	}
+}
+
+// TestClassifyRequestTargets classifies request targets as the client sent
+// them, the way the handler sees them: net/http decodes the target into
+// r.URL.Path, which Classify reads, and the proxy forwards r.URL.EscapedPath,
+// which decodes to that same Path. So every escape is seen decoded once,
+// and a second decoding upstream could only matter with a % left in Path.
+func TestClassifyRequestTargets(t *testing.T) {
+	for _, c := range []struct {
+		target string
+		want   Service
+	}{
+		{"/checkout/v3/orders/ord-1", Checkout},
+		{"/checkout/v3/orders/a%20b", Checkout},
+		{"/checkout/v3/orders/k%C3%B6p", Checkout},
+		{"/checkout/v3/orders/a%2Fb", Checkout}, // an encoded slash inside an ID
+		{"/checkout/v3/%2e%2e/%2e%2e/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/%2E%2E/%2E%2E/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/.%2e/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/%2e/orders", Unmatched},
+		{"/checkout/v3/..%2f..%2fpayments/v1/sessions", Unmatched},
+		{"/checkout/v3/%252e%252e/%252e%252e/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/..%252f..%252fpayments/v1/sessions", Unmatched},
+		{"/checkout/v3/..;/..;/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/%2e%2e;/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/..%3b/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/orders/%ff%fe", Unmatched},
+		{"/checkout/v3/%c0%ae%c0%ae/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/..%00/payments/v1/sessions", Unmatched},
+		{"/checkout/v3/orders%5c..%5c..%5cpayments", Unmatched},
+	} {
+		u, err := url.ParseRequestURI(c.target)
+		if err != nil {
+			t.Fatalf("%s: %v", c.target, err)
+		}
+		if back, err := url.PathUnescape(u.EscapedPath()); err != nil || back != u.Path {
+			t.Fatalf("%s: forwarded as %s, which decodes to %q, not %q", c.target, u.EscapedPath(), back, u.Path)
+		}
+		if got := Classify(u.Path); got != c.want {
+			t.Errorf("request target %s (path %q): Classify = %q, want %q", c.target, u.Path, got, c.want)
 		}
 	}
 }
