@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,8 +32,9 @@ and what to do; then the verdict in one line.
 
 With --prometheus it builds the report from a Prometheus server that scrapes
 every shim instance: the fleet's one answer, which survives pod restarts.
-Otherwise it asks a running shim's admin API, found as for 'caddy reload':
---address, else the config's admin address (--config), else localhost:2019.
+Otherwise it asks a running shim's admin API: --address, else the config's
+admin address (--config), else the unix socket Caddyfile.example uses
+(~/.kustom-shim-admin.sock) when it exists, else localhost:2019.
 
 Exit status: 0 the switch is complete; 1 action is required or calls fail;
 2 not enough evidence yet (observed for less than the window, or no call
@@ -148,6 +150,25 @@ func cmdStatus(fl caddycmd.Flags) (int, error) {
 	return code, nil
 }
 
+// adminSocketName is where Caddyfile.example puts the admin API: a unix
+// socket in the user's home, which only that user can open.
+const adminSocketName = ".kustom-shim-admin.sock"
+
+// DefaultAdminSocket is the admin address kustom-status tries without
+// --address or --config: Caddyfile.example's socket when it exists, else ""
+// (Caddy's default, localhost:2019).
+func DefaultAdminSocket() string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(home, adminSocketName)
+	if fi, err := os.Stat(p); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return ""
+	}
+	return "unix/" + p
+}
+
 // fetchStatus gets the report from Prometheus or from the shim's admin API.
 func fetchStatus(fl caddycmd.Flags, window time.Duration) (StatusReport, error) {
 	if u := fl.String("prometheus"); u != "" {
@@ -157,7 +178,11 @@ func fetchStatus(fl caddycmd.Flags, window time.Duration) (StatusReport, error) 
 		}
 		return p.Report(context.Background(), time.Now(), window), nil
 	}
-	addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
+	addr := fl.String("address")
+	if addr == "" && fl.String("config") == "" {
+		addr = DefaultAdminSocket()
+	}
+	addr, err := caddycmd.DetermineAdminAPIAddress(addr, nil, fl.String("config"), fl.String("adapter"))
 	if err != nil {
 		return StatusReport{}, err
 	}

@@ -428,7 +428,15 @@ func TestKlarnaHostForm(t *testing.T) {
 	shim.Start(t, shim.Globals("local_certs")+fmt.Sprintf(`
 https://api.klarna.com:%[1]d, https://api.playground.klarna.com:%[1]d {
 	tls internal
-%[2]s}`, port, shopKustom(up, "")))
+%[2]s}
+
+https://:%[1]d {
+	tls internal
+	kustom {
+		default_target none
+	}
+}
+`, port, shopKustom(up, "")))
 
 	client := klarnaHostClient(t, shim, port, "api.klarna.com", "api.playground.klarna.com")
 	up.Handle(func(w http.ResponseWriter, r *http.Request) {
@@ -440,6 +448,22 @@ https://api.klarna.com:%[1]d, https://api.playground.klarna.com:%[1]d {
 		{"api.klarna.com", "api.kustom.co"},
 		{"api.playground.klarna.com", "api.playground.kustom.co"},
 	}
+	t.Run("a Host the site does not list", func(t *testing.T) {
+		up.Reset()
+		// Any other Host on the same listener: the shim's refusal (from a
+		// catch-all site, as the README shows), not Caddy's empty 200.
+		for _, host := range []string{"example.com", "pay.klarna.com", "js.kustom.co"} {
+			resp, raw := do(t, client, "GET", fmt.Sprintf("https://api.klarna.com:%d/checkout/v3/orders/o1", port),
+				klarnaUser, klarnaPassword, "", map[string]string{"Host": host})
+			if resp.StatusCode != http.StatusMisdirectedRequest || resp.Header.Get("Kustom-Shim-Error") != "unknown_target" ||
+				resp.Header.Get("Klarna-Correlation-Id") == "" {
+				t.Errorf("Host %s: %d %q %s", host, resp.StatusCode, resp.Header.Get("Kustom-Shim-Error"), raw)
+			}
+		}
+		if n := len(up.Requests()); n != 0 {
+			t.Errorf("upstream got %d requests", n)
+		}
+	})
 	for _, c := range cases {
 		t.Run(c.klarnaHost, func(t *testing.T) {
 			up.Reset()

@@ -75,9 +75,8 @@ func TestExampleStartsWithoutSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port, admin := freePort(t), freePort(t)
+	port := freePort(t)
 	cfg := strings.ReplaceAll(string(example), ":8080", fmt.Sprintf(":%d", port))
-	cfg = strings.ReplaceAll(cfg, "localhost:2019", fmt.Sprintf("localhost:%d", admin))
 	if cfg == string(example) {
 		t.Fatal("the example no longer listens on :8080; update this test")
 	}
@@ -135,6 +134,19 @@ func TestExampleStartsWithoutSecrets(t *testing.T) {
 	// A shim that has just started has seen nothing: never "complete".
 	if err != nil || len(status.Services) != 5 || status.SwitchComplete || status.Verdict != "not_enough_evidence" {
 		t.Errorf("status page: %v, %d services, complete %v, verdict %q", err, len(status.Services), status.SwitchComplete, status.Verdict)
+	}
+	// The admin API is a unix socket only this user can open, and
+	// kustom-status finds it without flags.
+	sock := filepath.Join(home, ".kustom-shim-admin.sock")
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("admin socket %s: %v %v", sock, fi, err)
+	}
+	st := exec.CommandContext(ctx, bin, "kustom-status")
+	st.Env = cmd.Env
+	out, err := st.CombinedOutput()
+	if code := st.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "Not enough evidence yet") {
+		t.Errorf("kustom-status without flags: exit %d %v\n%s", code, err, out)
 	}
 	resp, err = http.Get(fmt.Sprintf("http://127.0.0.1:%d/kustom-shim/metrics", port))
 	if err != nil {
