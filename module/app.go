@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -37,7 +38,7 @@ type App struct {
 	// machine; set it when several instances share a data directory.
 	InstanceID string `json:"instance_id,omitempty"`
 
-	tracker  *Tracker
+	tracker  *atomic.Pointer[Tracker] // one per process across reloads; see Start
 	storage  certmagic.Storage
 	instance string
 	logger   *zap.Logger
@@ -92,7 +93,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("instance_id: %q must be 1-128 letters, digits, '.', '_' or '-'", a.instance)
 	}
 	a.storage = ctx.Storage()
-	a.tracker = NewTracker(time.Now())
+	a.tracker = new(atomic.Pointer[Tracker])
+	a.tracker.Store(NewTracker(time.Now()))
 	registerMetrics(ctx.GetMetricsRegistry())
 	return nil
 }
@@ -124,8 +126,15 @@ func (a *App) Start() error {
 	if prev := current; prev != nil {
 		// A reload: carry over what the outgoing config saw but may not
 		// have written yet.
-		a.tracker.MergeLocal(prev.tracker.Local())
-		a.tracker.KeepObservingSince(prev.tracker.ObservingSince())
+		// A reload: the new config records into the outgoing one's
+		// tracker, so that calls the old config still finishes (its
+		// in-flight requests, its tunnels while they drain) land where the
+		// status page and the next write read, and nothing is copied
+		// twice. What this config's handlers recorded before it started
+		// moves over first.
+		kept := prev.Tracker()
+		kept.MergeLocal(a.Tracker().Local())
+		a.tracker.Store(kept)
 	}
 	current = a
 	currentMu.Unlock()
@@ -172,15 +181,15 @@ func (a *App) loop() {
 
 // Usage is the evidence of this instance and its peers sharing storage,
 // for the status page and metrics.
-func (a *App) Usage() []Usage { return a.tracker.Merged() }
+func (a *App) Usage() []Usage { return a.Tracker().Merged() }
 
 // Report judges that evidence at now over window.
 func (a *App) Report(now time.Time, window time.Duration) StatusReport {
-	return BuildStatus(a.tracker.Merged(), a.tracker.FleetObservingSince(), now, window)
+	return BuildStatus(a.Tracker().Merged(), a.Tracker().FleetObservingSince(), now, window)
 }
 
 // Tracker is where handlers record calls.
-func (a *App) Tracker() *Tracker { return a.tracker }
+func (a *App) Tracker() *Tracker { return a.tracker.Load() }
 
 func (a *App) ownKey() string { return path.Join(stateDir, a.instance+".json") }
 
@@ -216,8 +225,8 @@ func (a *App) sync(ctx context.Context, force bool) error {
 			continue
 		}
 		if k == a.ownKey() {
-			a.tracker.MergeLocal(st.Usage)
-			a.tracker.KeepObservingSince(st.ObservingSince)
+			a.Tracker().MergeLocal(st.Usage)
+			a.Tracker().KeepObservingSince(st.ObservingSince)
 			continue
 		}
 		peers = append(peers, st.Usage...)
@@ -225,17 +234,17 @@ func (a *App) sync(ctx context.Context, force bool) error {
 			peerSince = s
 		}
 	}
-	a.tracker.SetPeers(peers, peerSince)
+	a.Tracker().SetPeers(peers, peerSince)
 
-	if !a.tracker.TakeDirty() && !force {
+	if !a.Tracker().TakeDirty() && !force {
 		return nil
 	}
-	b, err := encodeState(a.instance, time.Now(), a.tracker.ObservingSince(), a.tracker.Local())
+	b, err := encodeState(a.instance, time.Now(), a.Tracker().ObservingSince(), a.Tracker().Local())
 	if err != nil {
 		return err
 	}
 	if err := a.storage.Store(ctx, a.ownKey(), b); err != nil {
-		a.tracker.dirty.Store(true) // try again next time
+		a.Tracker().dirty.Store(true) // try again next time
 		a.logger.Error("writing last-used state to storage", zap.Error(err))
 		return err
 	}

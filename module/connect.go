@@ -42,6 +42,13 @@ type connectIntercept struct {
 	tlsConfig *tls.Config
 	auth      *caddyauth.HTTPBasicAuth // nil: no proxy authentication
 	logger    *zap.Logger
+
+	// The tunnels this config opened. A tunnel is served by the config
+	// that opened it (its credentials, its proxy_auth), so a reload must
+	// end it: the app reconnects and meets the new config.
+	mu      sync.Mutex
+	tunnels map[*http.Server]struct{}
+	closed  bool
 }
 
 // Timeouts for the connections inside a tunnel, which no Caddy server
@@ -50,7 +57,25 @@ const (
 	tunnelHandshakeTimeout = 10 * time.Second
 	tunnelHeaderTimeout    = 30 * time.Second
 	tunnelIdleTimeout      = 2 * time.Minute
+	// tunnelMaxLifetime ends a busy tunnel too (its idle timer restarts on
+	// every call), so that no tunnel outlives a change that missed it by
+	// more than this. HTTP clients reconnect without the app noticing.
+	tunnelMaxLifetime = 10 * time.Minute
+	// tunnelDrainTimeout bounds how long a closing tunnel waits for the
+	// call in flight before the connection is cut.
+	tunnelDrainTimeout = 30 * time.Second
 )
+
+// tunnelCtxKey marks a request that arrived inside an intercepted tunnel;
+// its value is the host the tunnel was opened (and authorised) for. Only
+// serveTunnel sets it, so a client cannot claim to be inside a tunnel.
+type tunnelCtxKey struct{}
+
+// tunnelHost is the host of the tunnel r arrived in, if any.
+func tunnelHost(r *http.Request) (string, bool) {
+	h, ok := r.Context().Value(tunnelCtxKey{}).(string)
+	return h, ok
+}
 
 func (h *Handler) provisionConnect(ctx caddy.Context) error {
 	if !h.InterceptConnect {
@@ -96,18 +121,40 @@ func (h *Handler) provisionConnect(ctx caddy.Context) error {
 	if err := policies.Provision(ctx); err != nil {
 		return fmt.Errorf("intercept_connect: %v", err)
 	}
-	h.connect = &connectIntercept{tlsConfig: policies.TLSConfig(ctx), logger: h.logger, auth: auth}
+	h.connect = &connectIntercept{tlsConfig: policies.TLSConfig(ctx), logger: h.logger, auth: auth,
+		tunnels: map[*http.Server]struct{}{}}
 	return nil
 }
 
-// proxyAuthorized checks Proxy-Authorization when proxy_auth is set.
-func (c *connectIntercept) proxyAuthorized(r *http.Request) bool {
+// proxyAuthorized checks Proxy-Authorization when proxy_auth is set. It
+// returns "" when the caller may go on, ReasonProxyAuthRequired when the
+// credentials are missing or wrong, and ReasonTooManyRequests when the
+// password would have to be hashed while every hash slot is taken: hash work
+// is bounded as for klarna_password_hash (see checkHashed), and "busy" must
+// not read as "wrong" to an app whose password is right. An unknown proxy
+// username is refused without hashing a stand-in password: like a Klarna
+// username it is not a secret, and a stand-in hash would be free CPU for a
+// flood.
+func (c *connectIntercept) proxyAuthorized(r *http.Request) Reason {
 	if c == nil || c.auth == nil {
-		return true
+		return ""
 	}
-	probe := &http.Request{Header: http.Header{"Authorization": r.Header["Proxy-Authorization"]}}
-	_, ok, err := c.auth.Authenticate(discardHeaders{}, probe)
-	return ok && err == nil
+	var buf [basicBufSize]byte
+	user, pass, ok := decodeBasic(r.Header.Get("Proxy-Authorization"), buf[:])
+	if !ok {
+		return ReasonProxyAuthRequired
+	}
+	account, found := c.auth.Accounts[string(user)]
+	if !found {
+		return ReasonProxyAuthRequired
+	}
+	switch checkHashed(r.Context(), c.auth.Hash, account.Password, pass) {
+	case passwordRight:
+		return ""
+	case passwordBusy:
+		return ReasonTooManyRequests
+	}
+	return ReasonProxyAuthRequired
 }
 
 // serveConnect answers a CONNECT: refused unless intercepting and the target
@@ -126,8 +173,8 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, rq *reque
 		return h.refuse(w, rq, ReasonConnectRefused)
 	}
 	rq.route = Route{FromHost: route.FromHost}
-	if !h.connect.proxyAuthorized(r) {
-		return h.refuse(w, rq, ReasonProxyAuthRequired)
+	if reason := h.connect.proxyAuthorized(r); reason != "" {
+		return h.refuse(w, rq, reason)
 	}
 	if r.ProtoMajor != 1 {
 		// An HTTP/2 CONNECT stream cannot be hijacked; apps open their
@@ -178,7 +225,10 @@ func (c *connectIntercept) serveTunnel(conn net.Conn, host string, srv *caddyhtt
 	}
 	l := newOneConnListener(tlsConn)
 	inner := &http.Server{
-		Handler:           tunnelHandler{host: host, next: srv},
+		Handler: tunnelHandler{host: host, next: srv},
+		BaseContext: func(net.Listener) context.Context {
+			return context.WithValue(context.Background(), tunnelCtxKey{}, host)
+		},
 		ReadHeaderTimeout: tunnelHeaderTimeout,
 		IdleTimeout:       tunnelIdleTimeout,
 		ErrorLog:          log.New(zapWriter{c.logger}, "", 0),
@@ -192,24 +242,77 @@ func (c *connectIntercept) serveTunnel(conn net.Conn, host string, srv *caddyhtt
 			}
 		},
 	}
+	if !c.track(inner) {
+		tlsConn.Close() // this config is going away: the app reconnects to the next
+		return
+	}
+	defer c.untrack(inner)
+	lifetime := time.AfterFunc(tunnelMaxLifetime, func() { drainTunnel(inner) })
+	defer lifetime.Stop()
 	// The *tls.Conn itself goes to Serve, so that requests carry r.TLS and
 	// ALPN "h2" gets the HTTP/2 server.
 	_ = inner.Serve(l)
 }
 
-// tunnelHandler keeps a tunnel's requests on the host it was opened for.
+// track registers a tunnel's server, unless the config is closing.
+func (c *connectIntercept) track(s *http.Server) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.tunnels[s] = struct{}{}
+	return true
+}
+
+func (c *connectIntercept) untrack(s *http.Server) {
+	c.mu.Lock()
+	delete(c.tunnels, s)
+	c.mu.Unlock()
+}
+
+// close ends every tunnel this config opened and refuses new ones: the call
+// in flight finishes, then the connection closes and the app reconnects
+// under the config that replaced this one. It does not wait: a reload must
+// not hang on a slow call, which is recorded all the same (the kustom app
+// keeps one tracker across reloads).
+func (c *connectIntercept) close() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.closed = true
+	open := make([]*http.Server, 0, len(c.tunnels))
+	for s := range c.tunnels {
+		open = append(open, s)
+	}
+	c.mu.Unlock()
+	for _, s := range open {
+		go drainTunnel(s)
+	}
+}
+
+// drainTunnel shuts a tunnel's server down gracefully: an idle connection
+// closes now, a busy one after its answer (HTTP/1.1 with Connection: close,
+// HTTP/2 with GOAWAY), and anything still open after tunnelDrainTimeout is
+// cut.
+func drainTunnel(s *http.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), tunnelDrainTimeout)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		_ = s.Close()
+	}
+}
+
+// tunnelHandler passes a tunnel's requests to the Caddy server that opened
+// it; the kustom handler refuses those that leave the tunnel's host (see
+// tunnelCtxKey).
 type tunnelHandler struct {
 	host string
 	next http.Handler
 }
 
-func (t tunnelHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if NormalizeHost(r.Host) != t.host {
-		WriteRefusal(w, ReasonUnknownTarget, "")
-		return
-	}
-	t.next.ServeHTTP(w, r)
-}
+func (t tunnelHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) { t.next.ServeHTTP(w, r) }
 
 // bufferedConn reads what the client sent right after CONNECT (a ClientHello
 // may already sit in the server's read buffer) before the raw connection.

@@ -307,7 +307,8 @@ func TestGatewayRefusals(t *testing.T) {
 		{"CONNECT with wrong proxy credentials", "CONNECT api.klarna.com:443 HTTP/1.1", []string{"Host: api.klarna.com:443", "Proxy-Authorization: Basic " + base64Of("apps:nope")}, 407, "proxy_auth_required"},
 		{"proxy-form request for another host", "GET http://example.com/checkout/v3/orders/1 HTTP/1.1", []string{"Host: example.com", auth}, 403, "proxy_refused"},
 		{"proxy-form request for an internal address", "GET http://" + internal.Addr().String() + "/checkout/v3/orders/1 HTTP/1.1", []string{"Host: " + internal.Addr().String(), auth}, 403, "proxy_refused"},
-		{"request for the shim itself with default_target none", "GET /checkout/v3/orders/1 HTTP/1.1", []string{"Host: 127.0.0.1"}, 421, "unknown_target"},
+		{"origin-form request without proxy credentials", "GET /checkout/v3/orders/1 HTTP/1.1", []string{"Host: api.klarna.com"}, 407, "proxy_auth_required"},
+		{"request for the shim itself with default_target none", "GET /checkout/v3/orders/1 HTTP/1.1", []string{"Host: 127.0.0.1", auth}, 421, "unknown_target"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package module
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -9,8 +10,10 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -40,8 +43,12 @@ type Credential struct {
 
 	// A bcrypt or argon2id hash of the Klarna password (as `caddy
 	// hash-password` prints it), for a config that must hold no secret at
-	// all. Checked through Caddy's basic_auth comparers with their cache, so
-	// the hash is paid once per distinct password, not per request.
+	// all. Checked through Caddy's comparers, but hashed only until it has
+	// matched once: a digest of the password that matched is remembered
+	// (see checkHashed). A password that must be hashed waits for no one:
+	// when the few hash slots are taken it is refused with
+	// too_many_requests, so that a flood of guesses cannot spend the
+	// gateway's CPU and memory.
 	KlarnaPasswordHash string `json:"klarna_password_hash,omitempty"`
 
 	// The Kustom API username (merchant id joined with a suffix). Optional
@@ -113,9 +120,12 @@ func (l *concurrencyLimit) release() { l.inflight.Add(-1) }
 // storedCredential is a Credential resolved for the hot path: the outgoing
 // header is built once and the password is kept only as a digest.
 type storedCredential struct {
-	name          string
-	passwordSum   [sha256.Size]byte // plaintext Klarna password, hashed for a fixed-length compare
-	hasher        *caddyauth.HTTPBasicAuth
+	name        string
+	passwordSum [sha256.Size]byte // plaintext Klarna password, hashed for a fixed-length compare
+	// With klarna_password_hash: the hash as configured, and the comparer
+	// for its algorithm (nil for a plaintext credential).
+	hash          string
+	cmp           caddyauth.Comparer
 	authorization string
 	header        []string // {authorization}: the header value, never modified
 	limit         *concurrencyLimit
@@ -212,6 +222,7 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 				return nil, nil, fail("klarna_password_hash", "%v", err)
 			}
 			hashed[algo] = append(hashed[algo], caddyauth.Account{Username: user, Password: c.KlarnaPasswordHash})
+			sc.hash = c.KlarnaPasswordHash
 			hashedCreds[algo] = append(hashedCreds[algo], sc)
 		default:
 			return nil, nil, fail("klarna_password", "required (or klarna_password_hash)")
@@ -268,14 +279,17 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 	}
 	for algo, scs := range hashedCreds {
 		for _, sc := range scs {
-			sc.hasher = hashers[algo]
+			sc.cmp = hashers[algo].Hash
 		}
 	}
 	return s, resolved, nil
 }
 
 // provisionHashers builds one Caddy basic-auth provider per hash algorithm,
-// each with its hash cache, so that bcrypt is paid once per distinct password.
+// for its comparer (Hash) and, for proxy_auth, its account. Caddy's own
+// HashCache is not used: its results cannot be read without possibly
+// hashing, so a flood could not be refused before the hash; checkHashed
+// keeps its own cache instead.
 func provisionHashers(ctx caddy.Context, hashed map[string][]caddyauth.Account) (map[string]*caddyauth.HTTPBasicAuth, error) {
 	hashers := map[string]*caddyauth.HTTPBasicAuth{}
 	algos := make([]string, 0, len(hashed))
@@ -287,7 +301,6 @@ func provisionHashers(ctx caddy.Context, hashed map[string][]caddyauth.Account) 
 		hba := &caddyauth.HTTPBasicAuth{
 			HashRaw:     json.RawMessage(`{"algorithm":"` + algo + `"}`),
 			AccountList: hashed[algo],
-			HashCache:   new(caddyauth.Cache),
 		}
 		if err := hba.Provision(ctx); err != nil {
 			return nil, fmt.Errorf("klarna_password_hash: %v", err)
@@ -325,26 +338,211 @@ func (s *CredentialStore) Authenticate(r *http.Request) AuthOutcome {
 	if !found {
 		return rejectOrKeep(ReasonUnknownUsername)
 	}
-	if !sc.passwordMatches(r, pass) {
+	switch sc.checkPassword(r.Context(), pass) {
+	case passwordWrong:
 		// A known Klarna username with a wrong password is refused even under
 		// keep: forwarding a password we know to be wrong helps nobody.
 		return AuthOutcome{Credential: sc.name, Result: ResultRejected, Refusal: ReasonWrongPassword, counter: sc.rejected}
+	case passwordBusy:
+		// Right or wrong is unknown: the hash was not run. Refused even
+		// under keep, as the caller named a configured username.
+		return AuthOutcome{Credential: sc.name, Result: ResultRejected, Refusal: ReasonTooManyRequests, counter: sc.rejected}
 	}
 	return AuthOutcome{Credential: sc.name, Result: ResultSwapped, Authorization: sc.authorization, stored: sc, counter: sc.swapped}
 }
 
-func (sc *storedCredential) passwordMatches(r *http.Request, pass []byte) bool {
-	if sc.hasher != nil {
-		// bcrypt reads at most 72 bytes and stops at NUL, so "pw\x00pw" or a
-		// longer password sharing the first 72 bytes would match too.
-		if len(pass) > 72 || bytes.IndexByte(pass, 0) >= 0 {
-			return false
-		}
-		_, ok, err := sc.hasher.Authenticate(discardHeaders{}, r)
-		return ok && err == nil
+func (sc *storedCredential) checkPassword(ctx context.Context, pass []byte) passwordVerdict {
+	if sc.cmp != nil {
+		return checkHashed(ctx, sc.cmp, sc.hash, pass)
 	}
 	sum := sha256.Sum256(pass)
-	return subtle.ConstantTimeCompare(sum[:], sc.passwordSum[:]) == 1
+	if subtle.ConstantTimeCompare(sum[:], sc.passwordSum[:]) == 1 {
+		return passwordRight
+	}
+	return passwordWrong
+}
+
+// passwordVerdict is what checking a password found.
+type passwordVerdict uint8
+
+const (
+	passwordWrong passwordVerdict = iota
+	passwordRight
+	// passwordBusy: the password would have to be hashed and every hash
+	// slot is taken; it was not checked.
+	passwordBusy
+)
+
+// Hashing a guess is the only thing a caller can make the shim do that
+// costs far more than answering it: bcrypt at cost 14 is about a second of
+// CPU, argon2id at `hash-password`'s defaults 46 MiB of memory, per
+// attempt. Unbounded, 24 callers sending random passwords raised a
+// legitimate store's p99 latency a hundredfold and an argon2id flood took
+// the process from 56 MiB to 2.8 GiB. So hash work is bounded, process-wide
+// (a flood on one credential, or on proxy_auth, must not be multiplied by
+// the number of credentials or servers), and never queued: a caller that
+// finds every slot taken is refused at once with 429 too_many_requests
+// (Retry-After), before any hashing.
+//
+// A legitimate caller is not hurt by the bound, because a hash is paid once
+// per configured hash, not per request: the digest of the password that
+// matched is remembered (verifiedHashes), and every later request, right or
+// wrong, is decided from it without a slot. What a flood can still deny is
+// the first check of a hash nobody has yet used successfully since the
+// process started; that caller gets 429 and its retry gets through when a
+// slot is free.
+
+// hashSlots is the number of password hashes that may run at once: half the
+// CPUs Go may use, so that a flood never holds more than half of them and
+// the rest keep serving traffic; at least 1, so hashed credentials still
+// work on one CPU; at most maxHashSlots. More slots would buy legitimate
+// callers nothing (each configured hash is paid once per process) and a
+// flood takes every slot there is, so each extra slot would only be one
+// more CPU and, for argon2id at the defaults, 46 MiB more memory for the
+// flood. Sized on first use, after Caddy's start-up has set GOMAXPROCS
+// from the cgroup.
+var hashSlots = sync.OnceValue(func() chan struct{} {
+	return make(chan struct{}, min(maxHashSlots, max(1, runtime.GOMAXPROCS(0)/2)))
+})
+
+const maxHashSlots = 2
+
+// verifiedHashes remembers, for each hash that has matched a password, a
+// digest of that password: SHA-256 over the hash and the password, so the
+// plaintext is never stored and the digest is salted by the hash's own
+// salt. A hash has exactly one matching password (bcrypt is injective on
+// passwords of at most 72 bytes without NUL, the only ones checkHashed
+// hashes; argon2id reads the whole password), so the entry answers every
+// later attempt against that hash: the same digest is right, any other
+// wrong. Only matches are stored, so only someone who knows a password can
+// add an entry and a flood of guesses can neither fill the cache nor evict
+// a legitimate entry; it holds at most one entry per configured hash, and
+// maxVerified bounds what old configs leave behind across reloads. It is
+// process-wide so that a reload does not make every store pay its hash, and
+// its slot, again.
+type verifiedHashes struct {
+	mu sync.RWMutex
+	m  map[string][sha256.Size]byte // by hash
+}
+
+const maxVerified = 4096
+
+var verified = &verifiedHashes{m: map[string][sha256.Size]byte{}}
+
+// lookup decides pass from the remembered match for hash; known is false
+// when hash has not matched yet.
+func (v *verifiedHashes) lookup(hash string, digest *[sha256.Size]byte) (verdict passwordVerdict, known bool) {
+	v.mu.RLock()
+	want, ok := v.m[hash]
+	v.mu.RUnlock()
+	if !ok {
+		return passwordWrong, false
+	}
+	if subtle.ConstantTimeCompare(want[:], digest[:]) == 1 {
+		return passwordRight, true
+	}
+	return passwordWrong, true
+}
+
+func (v *verifiedHashes) add(hash string, digest [sha256.Size]byte) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.m[hash]; !ok && len(v.m) >= maxVerified {
+		for old := range v.m { // any one: the cap only matters after many reloads
+			delete(v.m, old)
+			break
+		}
+	}
+	v.m[hash] = digest
+}
+
+// hashFlight is one hash in progress; callers with the same hash and
+// password wait for its verdict instead of taking another slot, so that a
+// store's first burst after a start or reload costs one hash, not a 429 for
+// all but one of its requests.
+type hashFlight struct {
+	done    chan struct{}
+	verdict passwordVerdict
+}
+
+var flights = struct {
+	sync.Mutex
+	m map[[sha256.Size]byte]*hashFlight // by passwordDigest
+}{m: map[[sha256.Size]byte]*hashFlight{}}
+
+// passwordDigest is the key of verifiedHashes and flights for pass checked
+// against hash (which contains no NUL, so the encoding is unambiguous).
+func passwordDigest(hash string, pass []byte) [sha256.Size]byte {
+	var buf [256]byte // on the stack for every real hash and password
+	b := append(buf[:0], hash...)
+	b = append(b, 0)
+	b = append(b, pass...)
+	return sha256.Sum256(b)
+}
+
+// checkHashed checks pass against hash with cmp: from verifiedHashes when
+// hash has matched before, else by joining the same check in flight, else
+// by hashing in one of hashSlots if one is free right now, else
+// passwordBusy without hashing. ctx ends a wait for another's hash.
+func checkHashed(ctx context.Context, cmp caddyauth.Comparer, hash string, pass []byte) passwordVerdict {
+	// bcrypt reads at most 72 bytes and stops at NUL, so "pw\x00pw" or a
+	// longer password sharing the first 72 bytes would match too.
+	if len(pass) > 72 || bytes.IndexByte(pass, 0) >= 0 {
+		return passwordWrong
+	}
+	digest := passwordDigest(hash, pass)
+	if v, known := verified.lookup(hash, &digest); known {
+		return v
+	}
+	flights.Lock()
+	// Again under the lock: a flight for this hash may have just landed
+	// (it records its match before it leaves flights).
+	if v, known := verified.lookup(hash, &digest); known {
+		flights.Unlock()
+		return v
+	}
+	if f := flights.m[digest]; f != nil {
+		flights.Unlock()
+		select {
+		case <-f.done:
+			return f.verdict
+		case <-ctx.Done():
+			return passwordBusy // the caller has gone; nobody reads this
+		}
+	}
+	slots := hashSlots()
+	select {
+	case slots <- struct{}{}:
+	default:
+		flights.Unlock()
+		return passwordBusy
+	}
+	f := &hashFlight{done: make(chan struct{}), verdict: passwordWrong}
+	flights.m[digest] = f
+	flights.Unlock()
+	defer func() { // also if the comparer panics: never leak a slot or strand a waiter
+		<-slots
+		if f.verdict == passwordRight {
+			verified.add(hash, digest)
+		}
+		flights.Lock()
+		delete(flights.m, digest)
+		flights.Unlock()
+		close(f.done)
+	}()
+	if ok, err := cmp.Compare([]byte(hash), pass); ok && err == nil {
+		f.verdict = passwordRight
+	}
+	if strings.HasPrefix(hash, "$argon2id$") {
+		// The hash's memory (46 MiB at the defaults) is garbage now. Left to
+		// the pacer, hash after hash would each take fresh pages until the
+		// heap doubled, and freed pages go back to the system only slowly:
+		// a flood measured 290 MiB of RSS with one slot. Collected here,
+		// while the slot is still held (so the work stays bounded too), the
+		// next hash reuses the same pages.
+		runtime.GC()
+	}
+	return f.verdict
 }
 
 // basicBufSize covers every real Basic header on the stack; a longer one is
@@ -393,14 +591,6 @@ func asciiEqualFold(a, b string) bool {
 // unsafeBytes views s as bytes for a read-only use (base64 decoding), to
 // avoid copying the header.
 func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
-
-// discardHeaders is the ResponseWriter caddyauth wants for its challenge
-// header; the shim writes its own refusal.
-type discardHeaders struct{}
-
-func (discardHeaders) Header() http.Header         { return http.Header{} }
-func (discardHeaders) Write(b []byte) (int, error) { return len(b), nil }
-func (discardHeaders) WriteHeader(int)             {}
 
 func basic(user, pass string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))

@@ -8,8 +8,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/caddyauth"
@@ -444,4 +448,254 @@ func BenchmarkAuthenticate(b *testing.B) {
 func decision(o AuthOutcome) AuthOutcome {
 	o.counter, o.stored = nil, nil
 	return o
+}
+
+// countingComparer counts the hashes a test makes the shim run; gate, when
+// set, holds each Compare until the test lets it go, after telling entered.
+type countingComparer struct {
+	real    caddyauth.Comparer
+	calls   atomic.Int32
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (c *countingComparer) Compare(hashed, plaintext []byte) (bool, error) {
+	c.calls.Add(1)
+	if c.gate != nil {
+		c.entered <- struct{}{}
+		<-c.gate
+	}
+	return c.real.Compare(hashed, plaintext)
+}
+
+// countHashes puts a countingComparer in front of the comparer of the
+// hashed credential for username.
+func countHashes(t *testing.T, s *CredentialStore, username string) *countingComparer {
+	t.Helper()
+	sc := s.byUser[username]
+	if sc == nil || sc.cmp == nil {
+		t.Fatalf("%s is not a hashed credential", username)
+	}
+	c := &countingComparer{real: sc.cmp}
+	sc.cmp = c
+	return c
+}
+
+// takeHashSlots takes all but leave of the process-wide hash slots, as a
+// flood's hashes in progress would, until the returned function gives them
+// back (also at the end of the test).
+func takeHashSlots(t *testing.T, leave int) (giveBack func()) {
+	t.Helper()
+	slots := hashSlots()
+	n := cap(slots) - leave
+	for i := 0; i < n; i++ {
+		select {
+		case slots <- struct{}{}:
+		default:
+			t.Fatalf("hash slot %d of %d is already taken: a hash is running outside this test", i+1, cap(slots))
+		}
+	}
+	var once sync.Once
+	giveBack = func() {
+		once.Do(func() {
+			for i := 0; i < n; i++ {
+				<-slots
+			}
+		})
+	}
+	t.Cleanup(giveBack)
+	return giveBack
+}
+
+// TestHashSlotsBoundHashWork: with every hash slot taken, a password that
+// would need hashing is refused at once with too_many_requests and nothing
+// is hashed; once a slot is free it is checked (wrong stays wrong); and once
+// the right password has matched, every later attempt, right or wrong, is
+// decided without a slot and without hashing, however busy the slots are.
+func TestHashSlotsBoundHashWork(t *testing.T) {
+	setSecrets(t)
+	// A password of its own: argon2idHash's salt is fixed, and a hash that
+	// matched in another test would be decided from that match here.
+	const pw = ctHashedPW + "-slots"
+	s, _ := newStore(t, []Credential{
+		{Name: "bcrypt", KlarnaUsername: "K2_bcrypt", KlarnaPasswordHash: bcryptHash(t, pw), KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
+		{Name: "argon", KlarnaUsername: "K4_argon", KlarnaPasswordHash: argon2idHash(t, pw), KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
+		{Name: "plain", KlarnaUsername: "K1_plain", KlarnaPassword: "{env.KSUT_KLARNA_PW}", KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
+	}, UnknownKeep)
+	for _, c := range []struct{ user, name string }{{"K2_bcrypt", "bcrypt"}, {"K4_argon", "argon"}} {
+		t.Run(c.name, func(t *testing.T) {
+			hashes := countHashes(t, s, c.user)
+			auth := func(pass string) AuthOutcome {
+				return decision(s.Authenticate(authRequest(basicHeader(c.user, pass))))
+			}
+			busy := AuthOutcome{Credential: c.name, Result: ResultRejected, Refusal: ReasonTooManyRequests}
+			wrong := AuthOutcome{Credential: c.name, Result: ResultRejected, Refusal: ReasonWrongPassword}
+			right := AuthOutcome{Credential: c.name, Result: ResultSwapped, Authorization: "Basic " + ctKustomKey}
+
+			giveBack := takeHashSlots(t, 0)
+			for i := 0; i < 50; i++ {
+				if got := auth(fmt.Sprintf("random-guess-%d", i)); got != busy {
+					t.Fatalf("guess %d with every slot taken: %+v, want %+v", i, got, busy)
+				}
+			}
+			if got := auth(pw); got != busy {
+				t.Errorf("right password, never matched yet, slots taken: %+v, want %+v", got, busy)
+			}
+			if n := hashes.calls.Load(); n != 0 {
+				t.Fatalf("%d hashes run with every slot taken, want 0", n)
+			}
+			// The plaintext credential needs no slot.
+			if got := decision(s.Authenticate(authRequest(basicHeader("K1_plain", ctKlarnaPW)))); got.Result != ResultSwapped {
+				t.Errorf("plaintext credential with slots taken: %+v, want swapped", got)
+			}
+			// Unchecked passwords that could never match need no slot either.
+			if got := auth(strings.Repeat("x", 73)); got != wrong {
+				t.Errorf("73-byte password: %+v, want %+v", got, wrong)
+			}
+			giveBack()
+
+			if got := auth("wrong"); got != wrong {
+				t.Errorf("wrong password, slot free: %+v, want %+v", got, wrong)
+			}
+			if got := auth(pw); got != right {
+				t.Errorf("right password, slot free: %+v, want %+v", got, right)
+			}
+			if n := hashes.calls.Load(); n != 2 {
+				t.Fatalf("%d hashes for two checks, want 2", n)
+			}
+
+			takeHashSlots(t, 0)
+			start := time.Now()
+			for i := 0; i < 100; i++ {
+				if got := auth(pw); got != right {
+					t.Fatalf("right password again, slots taken: %+v, want %+v (a matched password never waits for a slot)", got, right)
+				}
+				if got := auth(fmt.Sprintf("random-guess-%d", i)); got != wrong {
+					t.Fatalf("guess after the match, slots taken: %+v, want %+v", got, wrong)
+				}
+			}
+			if n := hashes.calls.Load(); n != 2 {
+				t.Errorf("%d hashes, want still 2: after a match nothing is hashed", n)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("200 decisions from the remembered match took %v", d)
+			}
+		})
+	}
+}
+
+// TestHashSlotsShareOneHash: callers checking the same password while it is
+// being hashed wait for that one hash rather than taking a slot or being
+// refused (a store's first burst costs one hash); a different password in
+// the meantime finds the slots taken and gets too_many_requests.
+func TestHashSlotsShareOneHash(t *testing.T) {
+	setSecrets(t)
+	s, _ := newStore(t, []Credential{
+		{Name: "bcrypt", KlarnaUsername: "K2_bcrypt", KlarnaPasswordHash: bcryptHash(t, ctHashedPW), KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
+	}, "")
+	hashes := countHashes(t, s, "K2_bcrypt")
+	hashes.entered, hashes.gate = make(chan struct{}, 1), make(chan struct{})
+	takeHashSlots(t, 1) // the first caller takes the last one
+	auth := func(pass string) AuthOutcome {
+		return decision(s.Authenticate(authRequest(basicHeader("K2_bcrypt", pass))))
+	}
+
+	const burst = 8
+	results := make(chan AuthOutcome, burst)
+	go func() { results <- auth(ctHashedPW) }()
+	select {
+	case <-hashes.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first caller never started hashing")
+	}
+	for i := 1; i < burst; i++ {
+		go func() { results <- auth(ctHashedPW) }()
+	}
+	if got := auth("another-password"); got.Refusal != ReasonTooManyRequests {
+		t.Errorf("another password while the only free slot hashes: %+v, want too_many_requests", got)
+	}
+	close(hashes.gate)
+	for i := 0; i < burst; i++ {
+		select {
+		case got := <-results:
+			if got.Result != ResultSwapped {
+				t.Errorf("caller in the burst: %+v, want swapped", got)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a caller in the burst never got an answer")
+		}
+	}
+	if n := hashes.calls.Load(); n != 1 {
+		t.Errorf("%d hashes for a burst of one password, want 1", n)
+	}
+}
+
+// TestProxyAuthBoundsHashWork: proxy_auth uses the same slots: busy is told
+// apart from wrong (too_many_requests, not proxy_auth_required) and nothing
+// is hashed for it, nor for an unknown proxy username; after a match the
+// right password needs no slot.
+func TestProxyAuthBoundsHashWork(t *testing.T) {
+	hash := bcryptHash(t, "gateway-pw")
+	hashers, err := provisionHashers(testContext(t), map[string][]caddyauth.Account{"bcrypt": {{Username: "apps", Password: hash}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hba := hashers["bcrypt"]
+	hashes := &countingComparer{real: hba.Hash}
+	hba.Hash = hashes
+	c := &connectIntercept{auth: hba}
+	check := func(header string) Reason {
+		r := httptest.NewRequest(http.MethodConnect, "http://api.klarna.com:443", nil)
+		if header != "" {
+			r.Header.Set("Proxy-Authorization", header)
+		}
+		return c.proxyAuthorized(r)
+	}
+
+	giveBack := takeHashSlots(t, 0)
+	for _, h := range []string{"", "Bearer x", basicHeader("someone", "gateway-pw"), basicHeader("apps", strings.Repeat("x", 73))} {
+		if got := check(h); got != ReasonProxyAuthRequired {
+			t.Errorf("Proxy-Authorization %q: %q, want proxy_auth_required without a hash", h, got)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		if got := check(basicHeader("apps", fmt.Sprintf("guess-%d", i))); got != ReasonTooManyRequests {
+			t.Fatalf("guess with every slot taken: %q, want too_many_requests", got)
+		}
+	}
+	if n := hashes.calls.Load(); n != 0 {
+		t.Fatalf("%d hashes with every slot taken or no account, want 0", n)
+	}
+	giveBack()
+	if got := check(basicHeader("apps", "nope")); got != ReasonProxyAuthRequired {
+		t.Errorf("wrong proxy password: %q, want proxy_auth_required", got)
+	}
+	if got := check(basicHeader("apps", "gateway-pw")); got != "" {
+		t.Errorf("right proxy password: %q, want authorized", got)
+	}
+	takeHashSlots(t, 0)
+	if got := check(basicHeader("apps", "gateway-pw")); got != "" {
+		t.Errorf("right proxy password again, slots taken: %q, want authorized without a slot", got)
+	}
+	if got := check(basicHeader("apps", "nope-again")); got != ReasonProxyAuthRequired {
+		t.Errorf("wrong proxy password after the match, slots taken: %q, want proxy_auth_required", got)
+	}
+	if n := hashes.calls.Load(); n != 2 {
+		t.Errorf("%d hashes, want 2 (one wrong, one right; the rest decided from the match)", n)
+	}
+	var nilIntercept *connectIntercept
+	if got := nilIntercept.proxyAuthorized(httptest.NewRequest(http.MethodGet, "/", nil)); got != "" {
+		t.Errorf("without proxy_auth: %q, want authorized", got)
+	}
+}
+
+// TestHashSlotsSize: the bound is small, at most half the CPUs Go uses
+// (at least 1) and at most maxHashSlots, so that a flood holds at most half
+// the CPUs and argon2id's memory stays bounded.
+func TestHashSlotsSize(t *testing.T) {
+	n, procs := cap(hashSlots()), runtime.GOMAXPROCS(0)
+	if n < 1 || n > maxHashSlots || n > max(1, procs/2) {
+		t.Errorf("%d hash slots with GOMAXPROCS %d, want 1 to min(%d, GOMAXPROCS/2)", n, procs, maxHashSlots)
+	}
+	t.Logf("%d hash slot(s) with GOMAXPROCS %d", n, procs)
 }

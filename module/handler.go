@@ -6,14 +6,18 @@ package module
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -198,8 +202,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Cleanup releases the reverse proxies' upstream connections.
+// Cleanup ends the tunnels this config opened and releases the reverse
+// proxies' upstream connections.
 func (h *Handler) Cleanup() error {
+	h.connect.close()
 	var errs []error
 	for _, p := range h.proxies {
 		errs = append(errs, p.rp.cleanup())
@@ -218,9 +224,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if requestHeaderSize(r) > h.MaxRequestHeaders {
 		return h.refuse(w, &rq, ReasonHeadersTooLarge)
 	}
+	if len(r.Header["Upgrade"]) > 0 {
+		// A 101 from the upstream would hand the client a raw pipe past
+		// every check; no Klarna API upgrades.
+		return h.refuse(w, &rq, ReasonUpgradeRefused)
+	}
+	tunnel, inTunnel := tunnelHost(r)
 	if r.Method == http.MethodConnect {
 		rq.service = Unmatched
+		if inTunnel {
+			return h.refuse(w, &rq, ReasonConnectRefused) // no tunnel inside a tunnel
+		}
 		return h.serveConnect(w, r, &rq)
+	}
+	if inTunnel && NormalizeHost(r.Host) != tunnel {
+		return h.refuse(w, &rq, ReasonUnknownTarget) // a tunnel serves the host it was opened for
+	}
+	if !inTunnel {
+		// proxy_auth guards every request of the site; inside a tunnel
+		// the CONNECT that opened it was authenticated.
+		if reason := h.connect.proxyAuthorized(r); reason != "" {
+			return h.refuse(w, &rq, reason)
+		}
 	}
 	var route Route
 	var ok bool
@@ -230,14 +255,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if route, ok = h.hosts.Lookup(r.Host); !ok {
 			return h.refuse(w, &rq, ReasonProxyRefused)
 		}
-		if !h.connect.proxyAuthorized(r) {
-			return h.refuse(w, &rq, ReasonProxyAuthRequired)
-		}
 	} else if route, ok = h.hosts.Resolve(r.Host); !ok {
 		return h.refuse(w, &rq, ReasonUnknownTarget)
 	}
 	rq.route = route
 	target := h.proxies[route.ToHost]
+	row := UsageKey{Service: rq.service, FromHost: route.FromHost, Key: KeyKept}
 	if rq.service == Unmatched {
 		if h.passthrough == nil {
 			return h.refuse(w, &rq, ReasonUnmatchedPath)
@@ -326,9 +349,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case errors.As(err, &herr) && herr.StatusCode == http.StatusGatewayTimeout:
 		reason = ReasonUpstreamTimeout
 	}
+	rq.detail = upstreamFailureDetail(err, reason, target.host)
 	if c := h.logger.Check(zap.ErrorLevel, "upstream request failed"); c != nil {
+		id, _ := rq.repl.GetString("http.request.uuid")
 		c.Write(zap.String("service", string(rq.service)), zap.String("upstream", target.host),
-			zap.String("credential", rq.credential), zap.String("reason", string(reason)), zap.Error(err))
+			zap.String("credential", rq.credential), zap.String("reason", string(reason)),
+			zap.String("correlation_id", id), zap.String("cause", rq.detail), zap.Error(err))
 	}
 	if ow.wroteHeader && !ow.buffering {
 		// The response is under way: count it, then abort the stream as the
@@ -473,7 +499,8 @@ type request struct {
 	route      Route
 	toHost     string // "" until a target is chosen
 	credential string
-	logged     bool // the access log fields were added
+	detail     string // why the upstream failed, for a 502's error_messages
+	logged     bool   // the access log fields were added
 }
 
 func (rq *request) count(status int) {
@@ -542,8 +569,42 @@ func (h *Handler) refuse(w http.ResponseWriter, rq *request, reason Reason) erro
 	shimMetrics.refused.WithLabelValues(string(reason)).Inc()
 	rq.count(reason.Status())
 	id, _ := rq.repl.GetString("http.request.uuid")
-	WriteRefusal(w, reason, id)
+	WriteRefusal(w, reason, id, rq.detail)
 	return nil
+}
+
+// upstreamFailureDetail says in words why the upstream could not be used,
+// for the 502's error_messages and the error log: a merchant who sees "DNS
+// lookup of api.kustom.co failed" knows where to look. It names hosts and
+// standard error texts only, never a request's contents.
+func upstreamFailureDetail(err error, reason Reason, host string) string {
+	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalidErr x509.CertificateInvalidError
+	// Caddy's DialError embeds its cause without Unwrap, so the error
+	// chain stops there; its text still carries the standard messages.
+	text := err.Error()
+	switch {
+	case reason == ReasonResponseTooLarge:
+		return ""
+	case errors.As(err, &dnsErr):
+		return fmt.Sprintf("DNS lookup of %s failed", dnsErr.Name)
+	case strings.Contains(text, "no such host"), strings.Contains(text, "server misbehaving"):
+		return fmt.Sprintf("DNS lookup of %s failed", host)
+	case errors.Is(err, syscall.ECONNREFUSED), strings.Contains(text, "connection refused"):
+		return fmt.Sprintf("the connection to %s was refused", host)
+	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostErr), errors.As(err, &invalidErr),
+		strings.Contains(text, "tls: failed to verify certificate"), strings.Contains(text, "x509: "):
+		return fmt.Sprintf("TLS verification of %s failed: its certificate is not trusted for that name (check the transport's trust pool)", host)
+	case reason == ReasonUpstreamTimeout:
+		return fmt.Sprintf("%s did not answer within the timeout", host)
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF),
+		strings.Contains(text, "connection reset"):
+		return fmt.Sprintf("the connection to %s was closed before an answer", host)
+	}
+	return fmt.Sprintf("%s could not be reached", host)
 }
 
 // isProxyForm reports a request in absolute form (GET http://host/path), as

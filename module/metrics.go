@@ -83,7 +83,7 @@ func (evidenceCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(observingSinceDesc, prometheus.GaugeValue,
-		unixSeconds(a.tracker.FleetObservingSince()))
+		unixSeconds(a.Tracker().FleetObservingSince()))
 	for _, u := range a.Usage() {
 		labels := []string{string(u.Service), u.FromHost, u.ToHost, u.Credential, u.Key}
 		ch <- prometheus.MustNewConstMetric(lastUsedDesc, prometheus.GaugeValue, unixSeconds(u.LastUsed), labels...)

@@ -29,6 +29,7 @@ const (
 	ReasonProxyAuthRequired      Reason = "proxy_auth_required"
 	ReasonTooManyRequests        Reason = "too_many_requests"
 	ReasonHeadersTooLarge        Reason = "headers_too_large"
+	ReasonUpgradeRefused         Reason = "upgrade_refused"
 )
 
 // ErrorHeader carries the Reason on every answer the shim makes itself.
@@ -71,9 +72,11 @@ var refusals = map[Reason]refusalKind{
 	ReasonProxyAuthRequired: {http.StatusProxyAuthRequired, "PROXY_AUTHENTICATION_REQUIRED",
 		"kustom-shim: this gateway needs Proxy-Authorization"},
 	ReasonTooManyRequests: {http.StatusTooManyRequests, "TOO_MANY_REQUESTS",
-		"kustom-shim: this credential has reached its max_concurrent upstream requests; retry shortly"},
+		"kustom-shim: too busy for this request (the credential's max_concurrent requests are in flight, or every password-hash slot is taken); retry shortly"},
 	ReasonHeadersTooLarge: {http.StatusRequestHeaderFieldsTooLarge, "REQUEST_HEADER_FIELDS_TOO_LARGE",
 		"kustom-shim: the request headers are larger than max_request_headers"},
+	ReasonUpgradeRefused: {http.StatusBadRequest, "BAD_VALUE",
+		"kustom-shim: protocol upgrades (WebSocket, h2c) are not part of the Klarna API and are not forwarded"},
 	ReasonUpstreamUnreachable: {http.StatusBadGateway, "BAD_GATEWAY",
 		"kustom-shim: the upstream API could not be reached"},
 	ReasonUpstreamTimeout: {http.StatusGatewayTimeout, "GATEWAY_TIMEOUT",
@@ -96,8 +99,9 @@ type errorBody struct {
 }
 
 // WriteRefusal answers a request the shim will not forward, in the shape a
-// Klarna client library already understands.
-func WriteRefusal(w http.ResponseWriter, reason Reason, correlationID string) {
+// Klarna client library already understands. A non-empty detail (why an
+// upstream failed) follows the reason's message in error_messages.
+func WriteRefusal(w http.ResponseWriter, reason Reason, correlationID string, detail ...string) {
 	k, ok := refusals[reason]
 	if !ok {
 		k = refusalKind{http.StatusInternalServerError, "INTERNAL_ERROR", "kustom-shim: internal error"}
@@ -105,7 +109,13 @@ func WriteRefusal(w http.ResponseWriter, reason Reason, correlationID string) {
 	var body bytes.Buffer
 	enc := json.NewEncoder(&body)
 	enc.SetEscapeHTML(false) // the messages quote Caddyfile syntax such as <url>
-	_ = enc.Encode(errorBody{ErrorCode: k.code, ErrorMessages: []string{k.message}, CorrelationID: correlationID})
+	messages := []string{k.message}
+	for _, d := range detail {
+		if d != "" {
+			messages = append(messages, "kustom-shim: "+d)
+		}
+	}
+	_ = enc.Encode(errorBody{ErrorCode: k.code, ErrorMessages: messages, CorrelationID: correlationID})
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set(ErrorHeader, string(reason))

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -232,8 +233,9 @@ func TestWantsJSON(t *testing.T) {
 }
 
 func TestStatusHandlerServeHTTP(t *testing.T) {
-	app := &App{tracker: NewTracker(time.Now().Add(-time.Hour))}
-	app.tracker.Entry(UsageKey{Checkout, "api.klarna.com", KustomProduction, "shop1", KeySwapped}).Used(time.Now().Add(-time.Minute), "curl/8")
+	app := &App{tracker: new(atomic.Pointer[Tracker])}
+	app.tracker.Store(NewTracker(time.Now().Add(-time.Hour)))
+	app.Tracker().Entry(UsageKey{Checkout, "api.klarna.com", KustomProduction, "shop1", KeySwapped}).Used(time.Now().Add(-time.Minute), "curl/8")
 	h := &StatusHandler{Window: caddy.Duration(DefaultStatusWindow), app: app}
 
 	rec := httptest.NewRecorder()

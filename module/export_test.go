@@ -1,0 +1,4 @@
+package module
+
+// Exported for the external tests only.
+var UpstreamFailureDetail = upstreamFailureDetail
