@@ -28,19 +28,29 @@ import (
 const (
 	rulesFile     = "prometheus/kustom-shim.rules.yml"
 	rulesTestFile = "prometheus/kustom-shim.rules.test.yml"
-	dashboardFile = "grafana/kustom-shim-dashboard.json"
-	readmeFile    = "README.md"
+	// The unit tests that need more than 7 days of data, evaluated hourly.
+	evidenceTestFile = "prometheus/kustom-shim.evidence.test.yml"
+	dashboardFile    = "grafana/kustom-shim-dashboard.json"
+	readmeFile       = "README.md"
+	rootReadmeFile   = "../README.md"
 )
 
-// The metrics kustom-shim exports: the contract these files are written for.
+// ruleTestFiles are all the promtool unit test files.
+var ruleTestFiles = []string{rulesTestFile, evidenceTestFile}
+
+// The metrics kustom-shim exports: the contract these files are written for
+// (module/metrics.go).
 var metricNames = map[string]bool{
-	"kustom_shim_requests_total":                true,
-	"kustom_shim_request_duration_seconds":      true,
-	"kustom_shim_last_used_timestamp_seconds":   true,
-	"kustom_shim_credentials_total":             true,
-	"kustom_shim_refused_total":                 true,
-	"kustom_shim_deprecated_calls_total":        true,
-	"kustom_shim_connections_handed_over_total": true,
+	"kustom_shim_requests_total":                    true,
+	"kustom_shim_request_duration_seconds":          true,
+	"kustom_shim_last_used_timestamp_seconds":       true,
+	"kustom_shim_last_success_timestamp_seconds":    true,
+	"kustom_shim_last_failure_timestamp_seconds":    true,
+	"kustom_shim_observing_since_timestamp_seconds": true,
+	"kustom_shim_credentials_total":                 true,
+	"kustom_shim_refused_total":                     true,
+	"kustom_shim_deprecated_calls_total":            true,
+	"kustom_shim_connections_handed_over_total":     true,
 }
 
 // histogramMetric is the only histogram; its series carry these suffixes.
@@ -52,7 +62,8 @@ var histogramSuffixes = []string{"_bucket", "_sum", "_count"}
 var requiredPanels = []string{
 	"Switch complete?",
 	"Shim removable?",
-	"Last call per service and host",
+	"Evidence: observed for",
+	"Last call per row",
 	"Traffic by host",
 	"Refusals by reason",
 	"Credential results",
@@ -100,7 +111,7 @@ func TestPromtoolCheckRules(t *testing.T) {
 
 func TestPromtoolTestRules(t *testing.T) {
 	t.Parallel()
-	out := runPromtool(t, "test", "rules", rulesTestFile)
+	out := runPromtool(t, append([]string{"test", "rules"}, ruleTestFiles...)...)
 	if !strings.Contains(out, "SUCCESS") || strings.Contains(out, "FAILED") {
 		t.Fatalf("promtool test rules reported a problem:\n%s", out)
 	}
@@ -165,7 +176,10 @@ func TestRulesShape(t *testing.T) {
 
 	// Which alerts the unit tests expect to fire, and not to fire.
 	fires, quiet := map[string]bool{}, map[string]bool{}
-	testText := readFile(t, rulesTestFile)
+	var testText string
+	for _, f := range ruleTestFiles {
+		testText += readFile(t, f) + "\n"
+	}
 	lines := strings.Split(testText, "\n")
 	for i, line := range lines {
 		name, ok := strings.CutPrefix(strings.TrimSpace(line), "alertname: ")
@@ -188,15 +202,15 @@ func TestRulesShape(t *testing.T) {
 	}
 	for _, a := range alerts {
 		if !fires[a] {
-			t.Errorf("%s has no test case where alert %s fires", rulesTestFile, a)
+			t.Errorf("%v have no test case where alert %s fires", ruleTestFiles, a)
 		}
 		if !quiet[a] {
-			t.Errorf("%s has no test case where alert %s stays quiet", rulesTestFile, a)
+			t.Errorf("%v have no test case where alert %s stays quiet", ruleTestFiles, a)
 		}
 	}
 	for name := range recordedNames(t) {
 		if !strings.Contains(testText, "- expr: "+name+"\n") {
-			t.Errorf("%s has no promql_expr_test for recording rule %s", rulesTestFile, name)
+			t.Errorf("%v have no promql_expr_test for recording rule %s", ruleTestFiles, name)
 		}
 	}
 }
@@ -409,7 +423,7 @@ var (
 	selectorToken = regexp.MustCompile(`([A-Za-z_:][A-Za-z0-9_:]*)[{\[]`)
 )
 
-// knownName reports whether name is one of the six metrics, a histogram
+// knownName reports whether name is one of the exported metrics, a histogram
 // series, or a recording rule from the rules file.
 func knownName(name string, recorded map[string]bool) bool {
 	if strings.Contains(name, ":") {
@@ -429,8 +443,8 @@ func knownName(name string, recorded map[string]bool) bool {
 // TestMetricNames guards against typos: every kustom_shim name in the rules,
 // their tests, the dashboard and the README must be part of the contract.
 func TestMetricNames(t *testing.T) {
-	if len(metricNames) != 7 {
-		t.Fatalf("metricNames should list the seven exported metrics, has %d", len(metricNames))
+	if len(metricNames) != 10 {
+		t.Fatalf("metricNames should list the ten exported metrics, has %d", len(metricNames))
 	}
 	recorded := recordedNames(t)
 	for name := range recorded {
@@ -438,7 +452,7 @@ func TestMetricNames(t *testing.T) {
 			t.Errorf("recording rule %s should start with kustom_shim:", name)
 		}
 	}
-	for _, file := range []string{rulesFile, rulesTestFile, dashboardFile, readmeFile} {
+	for _, file := range []string{rulesFile, rulesTestFile, evidenceTestFile, dashboardFile, readmeFile} {
 		sc := bufio.NewScanner(strings.NewReader(readFile(t, file)))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		seen := 0
@@ -515,46 +529,102 @@ func TestDashboardQueriesParse(t *testing.T) {
 
 var promqlBlock = regexp.MustCompile("(?s)```promql\n(.*?)```")
 
+// readmes are the files whose promql blocks must parse, and whose first
+// block must be the tested answer to "is the switch complete?".
+var readmes = []string{readmeFile, rootReadmeFile}
+
 func TestReadmeQueriesParse(t *testing.T) {
 	t.Parallel()
-	blocks := promqlBlock.FindAllStringSubmatch(readFile(t, readmeFile), -1)
-	if len(blocks) == 0 {
-		t.Fatalf("%s has no ```promql blocks", readmeFile)
-	}
 	exprs := map[string]string{}
-	for i, m := range blocks {
-		exprs[fmt.Sprintf("readme:block_%d", i+1)] = m[1]
+	for n, file := range readmes {
+		blocks := promqlBlock.FindAllStringSubmatch(readFile(t, file), -1)
+		if len(blocks) == 0 {
+			t.Fatalf("%s has no ```promql blocks", file)
+		}
+		for i, m := range blocks {
+			exprs[fmt.Sprintf("readme:file_%d_block_%d", n+1, i+1)] = m[1]
+		}
 	}
 	checkExprsParse(t, exprs)
 }
 
-// TestReadmeSwitchQueryIsTested keeps the README's answer to "is the switch
+// oneLine is expr with its white space collapsed, for comparing queries.
+func oneLine(expr string) string { return strings.Join(strings.Fields(expr), " ") }
+
+// exprHeader is a promql_expr_test whose expr is a block scalar, optionally
+// with a YAML anchor that later tests reuse: `- expr: |` or
+// `- expr: &name |`.
+var exprHeader = regexp.MustCompile(`^- expr: (?:&[A-Za-z0-9_]+ )?\|$`)
+
+// testedExprs returns every block-scalar expression that the unit tests
+// evaluate, white space collapsed.
+func testedExprs(t *testing.T) map[string]bool {
+	t.Helper()
+	tested := map[string]bool{}
+	for _, file := range ruleTestFiles {
+		lines := strings.Split(readFile(t, file), "\n")
+		for i, line := range lines {
+			if !exprHeader.MatchString(strings.TrimSpace(line)) {
+				continue
+			}
+			var expr []string
+			for _, l := range lines[i+1:] {
+				if !strings.HasPrefix(l, "          ") {
+					break
+				}
+				expr = append(expr, l)
+			}
+			tested[oneLine(strings.Join(expr, "\n"))] = true
+		}
+	}
+	return tested
+}
+
+// TestReadmeSwitchQueryIsTested keeps the READMEs' answer to "is the switch
 // complete?" identical to the expression the promtool unit tests evaluate.
 func TestReadmeSwitchQueryIsTested(t *testing.T) {
-	blocks := promqlBlock.FindAllStringSubmatch(readFile(t, readmeFile), -1)
-	if len(blocks) == 0 {
-		t.Fatalf("%s has no ```promql blocks", readmeFile)
+	tested := testedExprs(t)
+	for _, file := range readmes {
+		blocks := promqlBlock.FindAllStringSubmatch(readFile(t, file), -1)
+		if len(blocks) == 0 {
+			t.Fatalf("%s has no ```promql blocks", file)
+		}
+		if !tested[oneLine(blocks[0][1])] {
+			t.Errorf("the first promql block in %s is not evaluated by any promql_expr_test in %v", file, ruleTestFiles)
+		}
 	}
-	want := strings.Join(strings.Fields(blocks[0][1]), " ")
-	found := false
-	lines := strings.Split(readFile(t, rulesTestFile), "\n")
-	for i, line := range lines {
-		if strings.TrimSpace(line) != "- expr: |" {
+}
+
+// The dashboard panels that answer the switch questions without the
+// recording rules; their queries must be the ones the unit tests evaluate.
+var testedPanels = []string{"Switch complete?", "Shim removable?", "Evidence: observed for", "Last call per row"}
+
+func TestDashboardSwitchQueriesAreTested(t *testing.T) {
+	_, panels := loadDashboard(t)
+	tested := testedExprs(t)
+	byTitle := map[string]panel{}
+	for _, p := range panels {
+		byTitle[p.Title] = p
+	}
+	for _, title := range testedPanels {
+		p, ok := byTitle[title]
+		if !ok {
+			t.Errorf("dashboard has no panel %q", title)
 			continue
 		}
-		var expr []string
-		for _, l := range lines[i+1:] {
-			if !strings.HasPrefix(l, "          ") {
-				break
+		for _, tg := range p.Targets {
+			if strings.Contains(tg.Expr, "kustom_shim:") {
+				t.Errorf("panel %q query %s uses a recording rule; it should work without the rules", title, tg.RefID)
 			}
-			expr = append(expr, l)
-		}
-		if strings.Join(strings.Fields(strings.Join(expr, "\n")), " ") == want {
-			found = true
-			break
+			if !tested[oneLine(tg.Expr)] {
+				t.Errorf("panel %q query %s is not evaluated by any promql_expr_test in %v", title, tg.RefID, ruleTestFiles)
+			}
 		}
 	}
-	if !found {
-		t.Errorf("the first promql block in %s is not evaluated by any promql_expr_test in %s", readmeFile, rulesTestFile)
+	// The stat says what README.md says.
+	blocks := promqlBlock.FindAllStringSubmatch(readFile(t, readmeFile), -1)
+	if p, ok := byTitle["Switch complete?"]; ok && len(blocks) > 0 && len(p.Targets) == 1 &&
+		oneLine(p.Targets[0].Expr) != oneLine(blocks[0][1]) {
+		t.Errorf("the \"Switch complete?\" panel's query differs from the first promql block in %s", readmeFile)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -1331,6 +1332,26 @@ func validate(t *testing.T, name string, caddyfile string) error {
 	return caddy.Validate(&cfg)
 }
 
+// TestStatusPages checks where each example's status page gets its evidence:
+// in Kubernetes, a fleet of pods with short-lived storage, from Prometheus
+// (the same answer from every pod, surviving rollouts); on a host, from the
+// shim's own storage.
+func TestStatusPages(t *testing.T) {
+	ex := loadK8s(t)
+	h := handlerFor(ex.sites.status, "/kustom-shim/status")
+	prom, _ := h["prometheus"].(string)
+	u, err := url.Parse(prom)
+	if prom == "" || err != nil || u.Scheme != "http" || u.Host == "" {
+		t.Errorf("%s: the status page's prometheus is %q, want the cluster's Prometheus URL", k8sCaddyfile, prom)
+	} else if !strings.Contains(readFile(t, readmeFile), prom) {
+		t.Errorf("%s does not mention the status page's Prometheus %s", readmeFile, prom)
+	}
+	_, cfg := adapt(t, systemdCaddyfile, []byte(readFile(t, systemdCaddyfile)))
+	if h := handlerFor(findSites(t, systemdCaddyfile, cfg).status, "/kustom-shim/status"); h["prometheus"] != nil {
+		t.Errorf("%s: the status page reads Prometheus %v; the host example reads the shim's storage", systemdCaddyfile, h["prometheus"])
+	}
+}
+
 func TestKubernetesCaddyfileValidates(t *testing.T) {
 	ex := loadK8s(t)
 	dir := t.TempDir()
@@ -1517,6 +1538,66 @@ func runCommand(t *testing.T, bin string, env []string, args ...string) string {
 	return string(out)
 }
 
+// runCommandCode runs the binary and fails the test unless it exits with
+// want (kustom-status: 0 complete, 1 action required or calls failing, 2
+// not enough evidence, 3 could not read).
+func runCommandCode(t *testing.T, bin string, env []string, want int, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	code := 0
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("kustom-shim %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	if code != want {
+		t.Fatalf("kustom-shim %s exited %d, want %d\n%s", strings.Join(args, " "), code, want, out)
+	}
+	return string(out)
+}
+
+// fakePrometheus answers the fleet report's instant queries the way a
+// Prometheus that scrapes a shim fleet would: observing for 8 days, and one
+// row that the local shim never saw (store shop1's app calling settlement on
+// api.klarna.com), so that a page showing it can only have read Prometheus.
+func fakePrometheus(t *testing.T) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/query" {
+			http.NotFound(w, r)
+			return
+		}
+		q := r.FormValue("query")
+		now := float64(time.Now().Unix())
+		type sample struct {
+			Metric map[string]string `json:"metric"`
+			Value  [2]any            `json:"value"`
+		}
+		result := []sample{}
+		at := func(v float64) [2]any { return [2]any{now, strconv.FormatFloat(v, 'f', -1, 64)} }
+		row := map[string]string{"service": "settlement", "from_host": "api.klarna.com", "to_host": "api.kustom.co",
+			"credential": "shop1", "key": "swapped"}
+		switch {
+		case strings.Contains(q, "kustom_shim_observing_since_timestamp_seconds"):
+			result = append(result, sample{Metric: map[string]string{}, Value: at(now - 8*86400)})
+		case strings.Contains(q, "kustom_shim_last_used_timestamp_seconds"),
+			strings.Contains(q, "kustom_shim_last_success_timestamp_seconds"):
+			result = append(result, sample{Metric: row, Value: at(now - 3600)})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"status": "success",
+			"data": map[string]any{"resultType": "vector", "result": result}})
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
 type e2eSetup struct {
 	name      string
 	caddyfile string   // rewritten for this machine
@@ -1524,6 +1605,9 @@ type e2eSetup struct {
 	keyFile   string   // the kustom_api_key file the shim reads
 	stateDir  string   // where Caddy's storage keeps last-used state
 	reload    []string // the documented forced reload, --config rewritten
+	// The stand-in for the Prometheus the status page reads, when it
+	// reads one (Kubernetes); nil when it reads the shim's storage.
+	prom *httptest.Server
 }
 
 func TestExamplesEndToEnd(t *testing.T) {
@@ -1551,6 +1635,12 @@ func TestExamplesEndToEnd(t *testing.T) {
 					t.Errorf("%s does not show %q", readmeFile, k8sReloadCommand)
 				}
 				s.reload = strings.Fields(k8sReloadCommand)[1:]
+				prom, _ := handlerFor(sitesOf.status, "/kustom-shim/status")["prometheus"].(string)
+				if prom == "" || strings.Count(s.caddyfile, "prometheus "+prom+"\n") != 1 {
+					t.Fatalf("%s: the status page has no prometheus URL to replace", k8sCaddyfile)
+				}
+				s.prom = fakePrometheus(t)
+				s.caddyfile = strings.Replace(s.caddyfile, "prometheus "+prom+"\n", "prometheus "+s.prom.URL+"\n", 1)
 			case "systemd":
 				s.caddyfile = readFile(t, systemdCaddyfile)
 				_, cfg := adapt(t, systemdCaddyfile, []byte(s.caddyfile))
@@ -1678,12 +1768,51 @@ func runEndToEnd(t *testing.T, bin string, s e2eSetup, orig sites, cfgPath strin
 	if code, ct, _ := get("/kustom-shim/status"); code != 200 || !strings.HasPrefix(ct, "text/html") {
 		t.Errorf("status page: %d %s", code, ct)
 	}
+	type statusJSON struct {
+		Verdict  string `json:"verdict"`
+		Source   string `json:"source"`
+		Services []struct {
+			Service  string  `json:"service"`
+			FromHost string  `json:"from_host"`
+			State    string  `json:"state"`
+			LastUsed *string `json:"last_used"`
+		} `json:"services"`
+	}
+	statusPage := func() (int, statusJSON) {
+		t.Helper()
+		code, _, body := get("/kustom-shim/status", "Accept", "application/json")
+		var st statusJSON
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			t.Fatalf("status JSON (%d): %v\n%s", code, err, body)
+		}
+		return code, st
+	}
+	if s.prom != nil {
+		// The fleet's view: the row only Prometheus knows, judged as the
+		// shim judges it. The command line gives the same answer.
+		code, st := statusPage()
+		found := false
+		for _, r := range st.Services {
+			found = found || (r.Service == "settlement" && r.FromHost == "api.klarna.com" && r.State == "klarna_host")
+		}
+		if code != 200 || st.Source != "prometheus" || st.Verdict != "action_required" || !found {
+			t.Errorf("status page from Prometheus: %d %+v", code, st)
+		}
+		if out := runCommandCode(t, bin, s.env, 1, "kustom-status", "--prometheus", s.prom.URL); !strings.Contains(out, "klarna_host") {
+			t.Errorf("kustom-status --prometheus:\n%s", out)
+		}
+	}
 	if code, _, body := get("/metrics"); code != 200 ||
-		!strings.Contains(body, fmt.Sprintf(`kustom_shim_credentials_total{credential=%q,result="swapped"} 1`, cred.Name)) {
-		t.Errorf("metrics: %d, no swapped credential counted:\n%.2000s", code, body)
+		!strings.Contains(body, fmt.Sprintf(`kustom_shim_credentials_total{credential=%q,result="swapped"} 1`, cred.Name)) ||
+		!strings.Contains(body, "kustom_shim_observing_since_timestamp_seconds ") ||
+		!strings.Contains(body, fmt.Sprintf(`kustom_shim_last_success_timestamp_seconds{credential=%q,from_host="local",key="swapped",service="checkout",to_host="api.kustom.co"}`, cred.Name)) {
+		t.Errorf("metrics: %d, no swapped credential counted or no evidence gauges:\n%.4000s", code, body)
 	}
 	// The command line reaches the running shim through the admin socket.
-	if out := runCommand(t, bin, s.env, "kustom-status", "--config", cfgPath); !strings.Contains(out, "Checkout") {
+	// The app addresses the shim itself with its Klarna key: bridged, so
+	// action is required (exit status 1).
+	if out := runCommandCode(t, bin, s.env, 1, "kustom-status", "--config", cfgPath); !strings.Contains(out, "Checkout") ||
+		!strings.Contains(out, "bridged") {
 		t.Errorf("kustom-status:\n%s", out)
 	}
 
@@ -1733,25 +1862,30 @@ func runEndToEnd(t *testing.T, bin string, s e2eSetup, orig sites, cfgPath strin
 	}
 	p = startShim(t, bin, s.env, "run", "--config", cfgPath)
 	waitHealthy(t, p, statusURL+"/healthz")
-	_, _, body := get("/kustom-shim/status", "Accept", "application/json")
-	var status struct {
-		Services []struct {
-			Service  string  `json:"service"`
-			FromHost string  `json:"from_host"`
-			LastUsed *string `json:"last_used"`
-		} `json:"services"`
+	// The shim's own storage remembers the call (the admin API reads it).
+	out := runCommandCode(t, bin, s.env, 1, "kustom-status", "--config", cfgPath)
+	if !regexp.MustCompile(`(?m)^Checkout +local +api\.kustom\.co +` + regexp.QuoteMeta(cred.Name) + ` +swapped +bridged +\d{4}-`).MatchString(out) {
+		t.Errorf("after a restart kustom-status does not remember the checkout call:\n%s", out)
 	}
-	if err := json.Unmarshal([]byte(body), &status); err != nil {
-		t.Fatalf("status JSON: %v\n%s", err, body)
-	}
-	restored := false
-	for _, svc := range status.Services {
-		if svc.Service == "checkout" && svc.FromHost == "local" && svc.LastUsed != nil {
-			restored = true
+	if s.prom == nil {
+		_, status := statusPage()
+		restored := false
+		for _, svc := range status.Services {
+			if svc.Service == "checkout" && svc.FromHost == "local" && svc.LastUsed != nil {
+				restored = true
+			}
 		}
-	}
-	if !restored {
-		t.Errorf("after a restart the status page does not remember the checkout call:\n%s", body)
+		if !restored {
+			t.Errorf("after a restart the status page does not remember the checkout call: %+v", status)
+		}
+	} else {
+		// Without Prometheus the page cannot tell, and says so; it never
+		// falls back to this pod's own evidence.
+		s.prom.Close()
+		if code, st := statusPage(); code != http.StatusServiceUnavailable || st.Verdict != "unavailable" {
+			t.Errorf("status page with Prometheus down: %d %+v, want 503 unavailable", code, st)
+		}
+		runCommandCode(t, bin, s.env, 3, "kustom-status", "--prometheus", s.prom.URL)
 	}
 	p.stop(t)
 }
