@@ -1,8 +1,6 @@
 package caddyfile
 
 import (
-	"time"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -42,10 +40,8 @@ func parseApp(d *caddyfile.Dispenser, _ any) (any, error) {
 			}
 			dur, err := caddy.ParseDuration(v)
 			if err != nil || dur <= 0 {
+				// 0 would mean "the default" in JSON: a syntax matter here.
 				return nil, d.Errf("kustom: flush_interval: %q is not a positive duration", v)
-			}
-			if dur < time.Second {
-				return nil, d.Errf("kustom: flush_interval: %s is too short; storage is written at that pace (at least 1s)", dur)
 			}
 			app.FlushInterval = caddy.Duration(dur)
 		case "instance_id":

@@ -70,7 +70,10 @@ func checkError(t *testing.T, tc configErrorCase, err error) {
 	t.Logf("error: %s", msg)
 }
 
-// TestAdaptErrors covers the mistakes the Caddyfile parser itself catches.
+// TestAdaptErrors covers the mistakes the Caddyfile parser itself catches:
+// syntax (argument counts, blocks, unknown or repeated options, values that
+// do not parse or that the JSON cannot carry). What values mean is the
+// module's to judge; TestLoadErrors covers what the parser used to judge.
 func TestAdaptErrors(t *testing.T) {
 	cases := []configErrorCase{
 		{
@@ -84,9 +87,10 @@ func TestAdaptErrors(t *testing.T) {
 			want: []string{"proxy_auth", "<username> <password-hash>"},
 		},
 		{
+			// 0 in the JSON means no limit: the parser cannot hand it on.
 			name: "max_concurrent zero",
 			site: credential("klarna_username K1\nmax_concurrent 0"),
-			want: []string{`credential "shop1"`, "max_concurrent", "positive"},
+			want: []string{`credential "shop1"`, "max_concurrent", "no limit"},
 		},
 		{
 			name: "max_concurrent not a number",
@@ -104,11 +108,6 @@ func TestAdaptErrors(t *testing.T) {
 			want: []string{"kustom", `"frobnicate"`},
 		},
 		{
-			name: "default_target mars",
-			site: kustomBlock("default_target mars"),
-			want: []string{"default_target", "mars", "production, playground, none"},
-		},
-		{
 			name: "default_target without value",
 			site: kustomBlock("default_target"),
 			want: []string{"default_target"},
@@ -119,24 +118,14 @@ func TestAdaptErrors(t *testing.T) {
 			want: []string{"default_target"},
 		},
 		{
-			name: "unknown_credentials maybe",
-			site: kustomBlock("unknown_credentials maybe"),
-			want: []string{"unknown_credentials", "maybe", "reject, keep"},
+			name: "unmatched without an action",
+			site: kustomBlock("unmatched"),
+			want: []string{"unmatched", "wrong number of arguments", "passthrough <url>"},
 		},
 		{
-			name: "unmatched sideways",
-			site: kustomBlock("unmatched sideways"),
-			want: []string{"unmatched", "reject", "passthrough <url>"},
-		},
-		{
-			name: "unmatched passthrough without URL",
-			site: kustomBlock("unmatched passthrough"),
-			want: []string{"unmatched", "passthrough <url>"},
-		},
-		{
-			name: "unmatched reject with URL",
-			site: kustomBlock("unmatched reject https://api.klarna.com"),
-			want: []string{"unmatched"},
+			name: "unmatched with three arguments",
+			site: kustomBlock("unmatched passthrough https://api.klarna.com extra"),
+			want: []string{"unmatched", "wrong number of arguments", "passthrough <url>"},
 		},
 		{
 			name: "max_request_body without value",
@@ -189,9 +178,9 @@ func TestAdaptErrors(t *testing.T) {
 			want: []string{"transport already specified"},
 		},
 		{
-			name: "transport fastcgi",
-			site: kustomBlock("transport fastcgi"),
-			want: []string{"transport", "fastcgi", "http"},
+			name: "transport that Caddy does not have",
+			site: kustomBlock("transport frobnicate"),
+			want: []string{"transport", "frobnicate"},
 		},
 		{
 			name: "transport without protocol",
@@ -219,13 +208,6 @@ func TestAdaptErrors(t *testing.T) {
 			want: []string{"map", "api.example.com", "already mapped"},
 		},
 		{
-			// The module normalises host names, so these are one host: which
-			// line won would depend on Go's map order.
-			name: "duplicate map from-host differing in case and trailing dot",
-			site: kustomBlock("map api.example.com api.kustom.co\nmap API.Example.com. api.playground.kustom.co"),
-			want: []string{"map", "API.Example.com.", "already mapped"},
-		},
-		{
 			name: "credential without a name",
 			site: kustomBlock("credential {\nklarna_username K1\n}"),
 			want: []string{"credential", "expected a name"},
@@ -234,13 +216,6 @@ func TestAdaptErrors(t *testing.T) {
 			name: "credential with two names",
 			site: kustomBlock("credential shop1 shop2 {\nklarna_username K1\n}"),
 			want: []string{"credential", "expected a name"},
-		},
-		{
-			name: "duplicate credential name",
-			site: kustomBlock(
-				"credential shop1 {\nklarna_username K1\nklarna_password {env.A}\nkustom_api_key {env.B}\n}\n" +
-					"credential shop1 {\nklarna_username K2\nklarna_password {env.C}\nkustom_api_key {env.D}\n}"),
-			want: []string{`credential "shop1" already specified`},
 		},
 		{
 			name: "unknown credential option",
@@ -273,11 +248,6 @@ func TestAdaptErrors(t *testing.T) {
 			want: []string{`credential "shop1"`, "klarna_password takes exactly one value"},
 		},
 		{
-			name: "missing klarna_username",
-			site: credential("klarna_password {env.A}\nkustom_api_key {env.B}"),
-			want: []string{`credential "shop1"`, "klarna_username is required"},
-		},
-		{
 			name: "kustom with an argument",
 			site: "kustom production",
 			want: []string{"kustom", "argument"},
@@ -303,6 +273,93 @@ func TestAdaptErrors(t *testing.T) {
 			}
 			_, _, err := adapter.Adapt([]byte(siteCaddyfile(tc.globals, tc.site)), nil)
 			checkError(t, tc, err)
+		})
+	}
+}
+
+// TestLoadErrors covers the mistakes the Caddyfile parser used to refuse
+// itself and now hands on: what a value means is judged once, by the module,
+// for a Caddyfile as for a JSON config. Each case must adapt (so the message
+// is the module's, not a parser copy of it) and then fail to load, as
+// `kustom-shim run` or a reload would, with an error that names the field and
+// holds no secret. Not parallel: a load changes Caddy's process-wide config.
+func TestLoadErrors(t *testing.T) {
+	const secrets = "klarna_password {env.KUSTOMSHIM_TEST_KLARNA_PASSWORD}\nkustom_api_key {env.KUSTOMSHIM_TEST_API_KEY}"
+	cases := []configErrorCase{
+		{
+			name: "default_target mars",
+			site: kustomBlock("default_target mars"),
+			want: []string{"default_target", `"mars"`, "production, playground, none"},
+		},
+		{
+			name: "unknown_credentials maybe",
+			site: kustomBlock("unknown_credentials maybe"),
+			want: []string{"unknown_credentials", `"maybe"`, "reject, keep"},
+		},
+		{
+			name: "unmatched sideways",
+			site: kustomBlock("unmatched sideways"),
+			want: []string{"unmatched", `"sideways"`, "reject, passthrough"},
+		},
+		{
+			name: "unmatched sideways with a URL",
+			site: kustomBlock("unmatched sideways https://api.klarna.com"),
+			want: []string{"unmatched", `"sideways"`, "reject, passthrough"},
+		},
+		{
+			name: "unmatched passthrough without URL",
+			site: kustomBlock("unmatched passthrough"),
+			want: []string{"unmatched", "passthrough", "needs a URL"},
+		},
+		{
+			name: "unmatched reject with URL",
+			site: kustomBlock("unmatched reject https://api.klarna.com"),
+			want: []string{"unmatched", "URL", "only with passthrough"},
+		},
+		{
+			name: "transport fastcgi",
+			site: kustomBlock("transport fastcgi"),
+			want: []string{"transport", `"fastcgi"`, "only the http transport"},
+		},
+		{
+			// The module normalises host names, so these are one host: which
+			// line won would depend on Go's map order.
+			name: "duplicate map from-host differing in case and trailing dot",
+			site: kustomBlock("map api.example.com api.kustom.co\nmap API.Example.com. api.playground.kustom.co"),
+			want: []string{"map", `"API.Example.com."`, `"api.example.com"`, "same host"},
+		},
+		{
+			name: "duplicate credential name",
+			site: kustomBlock(
+				"credential shop1 {\nklarna_username K1\n" + secrets + "\n}\n" +
+					"credential shop1 {\nklarna_username K2\n" + secrets + "\n}"),
+			want: []string{`credential "shop1"`, "name", "used by another credential"},
+		},
+		{
+			name: "missing klarna_username",
+			site: credential(secrets),
+			want: []string{`credential "shop1"`, "klarna_username", "required"},
+		},
+		{
+			name: "negative max_concurrent",
+			site: credential("klarna_username K1\n" + secrets + "\nmax_concurrent -1"),
+			want: []string{`credential "shop1"`, "max_concurrent", "negative"},
+		},
+		{
+			name:    "flush_interval under a second",
+			globals: "kustom {\n\t\tflush_interval 500ms\n\t}",
+			site:    kustomBlock(""),
+			want:    []string{"flush_interval", "500ms", "too short", "at least 1s"},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("KUSTOMSHIM_TEST_KLARNA_PASSWORD", otherSecret)
+			t.Setenv("KUSTOMSHIM_TEST_API_KEY", envSecret)
+			// Port 0: should a case ever load, it takes no real port.
+			cf := shimtest.New(t).Globals(tc.globals) + ":0 {\n" + tc.site + "\n}\n"
+			adapt(t, cf) // the parser must hand it on
+			checkError(t, tc, shimtest.LoadError(t, cf))
 		})
 	}
 }
@@ -526,9 +583,10 @@ func TestProvisionErrors(t *testing.T) {
 	}
 }
 
-// TestProvisionErrorsJSON covers mistakes the Caddyfile parser already
-// refuses but a JSON config (or one changed through the admin API) can still
-// make: the module must refuse them too.
+// TestProvisionErrorsJSON covers mistakes a Caddyfile cannot even write but
+// a JSON config (or one changed through the admin API) can make: the module
+// must refuse them too. Values both can write go through the module the
+// same way and are covered from the Caddyfile by TestLoadErrors.
 func TestProvisionErrorsJSON(t *testing.T) {
 	cases := []struct {
 		configErrorCase
@@ -536,55 +594,10 @@ func TestProvisionErrorsJSON(t *testing.T) {
 	}{
 		{
 			configErrorCase: configErrorCase{
-				name: "default_target mars",
-				want: []string{"default_target", "mars"},
-			},
-			handler: map[string]any{"default_target": "mars"},
-		},
-		{
-			configErrorCase: configErrorCase{
-				name: "unknown_credentials maybe",
-				want: []string{"unknown_credentials", "maybe"},
-			},
-			handler: map[string]any{"unknown_credentials": "maybe"},
-		},
-		{
-			configErrorCase: configErrorCase{
-				name: "unmatched sideways",
-				want: []string{"unmatched", "sideways"},
-			},
-			handler: map[string]any{"unmatched": map[string]any{"action": "sideways"}},
-		},
-		{
-			configErrorCase: configErrorCase{
-				name: "unmatched reject with a URL",
-				want: []string{"unmatched", "passthrough"},
-			},
-			handler: map[string]any{"unmatched": map[string]any{"action": "reject", "url": "https://api.klarna.com"}},
-		},
-		{
-			configErrorCase: configErrorCase{
 				name: "negative max_request_body",
 				want: []string{"max_request_body"},
 			},
 			handler: map[string]any{"max_request_body": -1},
-		},
-		{
-			configErrorCase: configErrorCase{
-				name: "transport fastcgi",
-				want: []string{"transport", "fastcgi"},
-			},
-			handler: map[string]any{"transport": map[string]any{"protocol": "fastcgi"}},
-		},
-		{
-			configErrorCase: configErrorCase{
-				name: "duplicate map from-host differing in case and trailing dot",
-				want: []string{"map", "api.example.com"},
-			},
-			handler: map[string]any{"map": map[string]any{
-				"api.example.com":  "api.kustom.co",
-				"API.Example.com.": "api.playground.kustom.co",
-			}},
 		},
 		{
 			configErrorCase: configErrorCase{

@@ -48,6 +48,16 @@ func init() {
 //	        max_concurrent <n>
 //	    }
 //	}
+//
+// It checks syntax only: argument counts, block structure, unknown or
+// repeated options, and that sizes and numbers parse. What the values mean
+// (which targets and policies exist, host names, URLs, transports, secrets,
+// duplicates across map entries or credentials) is left to the module's
+// Provision, which a JSON config and the admin API go through as well. One
+// check in one place keeps the two from drifting apart, and the error a user
+// sees at load is the module's, which names the field and never a secret.
+// The parser refuses only what it cannot hand on: a value that does not
+// parse, or one the JSON cannot carry (0 there means "the default").
 func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	d := h.Dispenser
 	d.Next() // directive name
@@ -57,7 +67,6 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	}
 	k := new(module.Handler)
 	seen := map[string]bool{}
-	mapped := map[string]string{} // normalised from-host → as written
 	// argErr names the subdirective: Dispenser.ArgErr names only the last
 	// token read, which may be a value rather than the option at fault.
 	argErr := func(name, usage string) error {
@@ -80,11 +89,6 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 			if !d.AllArgs(&k.DefaultTarget) {
 				return nil, argErr(sub, "default_target production|playground|none")
 			}
-			switch k.DefaultTarget {
-			case module.TargetProduction, module.TargetPlayground, module.TargetNone:
-			default:
-				return nil, d.Errf("default_target: %q is not one of production, playground, none", k.DefaultTarget)
-			}
 		case "map":
 			var from, to string
 			if !d.AllArgs(&from, &to) {
@@ -93,30 +97,27 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 			if k.Map == nil {
 				k.Map = map[string]string{}
 			}
-			// The module compares host names normalised (case, trailing
-			// dot); two spellings of one host would collapse there, and
-			// which to-host won would depend on map order.
-			norm := module.NormalizeHost(from)
-			if prev, dup := mapped[norm]; dup {
-				if prev == from {
-					return nil, d.Errf("map: %s is already mapped", from)
-				}
-				return nil, d.Errf("map: %s is already mapped (as %s)", from, prev)
+			// The same from-host written twice would be one key in the
+			// JSON, the later line silently winning, so the module could
+			// never see it. Two spellings of one host (case, trailing dot)
+			// both reach the module, which refuses them.
+			if _, dup := k.Map[from]; dup {
+				return nil, d.Errf("map: %s is already mapped", from)
 			}
-			mapped[norm] = from
 			k.Map[from] = to
 		case "unmatched":
 			if err := once(sub); err != nil {
 				return nil, err
 			}
+			// The action and its URL are checked together by the module:
+			// which actions exist, and that only passthrough has a URL.
 			args := d.RemainingArgs()
-			switch {
-			case len(args) == 1 && args[0] == "reject":
-				k.Unmatched = &module.UnmatchedPolicy{Action: "reject"}
-			case len(args) == 2 && args[0] == "passthrough":
-				k.Unmatched = &module.UnmatchedPolicy{Action: "passthrough", URL: args[1]}
-			default:
-				return nil, d.Err("unmatched: expected `reject` or `passthrough <url>`")
+			if len(args) < 1 || len(args) > 2 {
+				return nil, d.Err("unmatched: wrong number of arguments, expected `unmatched reject` or `unmatched passthrough <url>`")
+			}
+			k.Unmatched = &module.UnmatchedPolicy{Action: args[0]}
+			if len(args) == 2 {
+				k.Unmatched.URL = args[1]
 			}
 		case "unknown_credentials":
 			if err := once(sub); err != nil {
@@ -124,9 +125,6 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 			}
 			if !d.AllArgs(&k.UnknownCredentials) {
 				return nil, argErr(sub, "unknown_credentials reject|keep")
-			}
-			if k.UnknownCredentials != module.UnknownReject && k.UnknownCredentials != module.UnknownKeep {
-				return nil, d.Errf("unknown_credentials: %q is not one of reject, keep", k.UnknownCredentials)
 			}
 		case "max_request_body", "max_request_headers":
 			if err := once(sub); err != nil {
@@ -164,17 +162,19 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 			if !d.NextArg() {
 				return nil, argErr(sub, "transport http { … }")
 			}
-			if d.Val() != "http" {
-				return nil, d.Errf("transport: only the http transport can reach the Kustom API, not %q", d.Val())
-			}
-			unm, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.transport.http")
+			// Read as reverse_proxy reads its transport: any registered
+			// transport parses here, and the module, which refuses all but
+			// http (and options such as tls_insecure_skip_verify), judges
+			// it at load, as it judges a JSON config.
+			protocol := d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.transport."+protocol)
 			if err != nil {
 				return nil, err
 			}
 			if _, ok := unm.(http.RoundTripper); !ok {
 				return nil, d.Errf("transport: %T is not a RoundTripper", unm)
 			}
-			k.TransportRaw = caddyconfig.JSONModuleObject(unm, "protocol", "http", nil)
+			k.TransportRaw = caddyconfig.JSONModuleObject(unm, "protocol", protocol, nil)
 		case "intercept_connect":
 			if err := once(sub); err != nil {
 				return nil, err
@@ -194,14 +194,11 @@ func parseKustom(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 			}
 			k.ProxyAuth = pa
 		case "credential":
+			// Two credentials of one name are both kept, in order: the
+			// module refuses the second, as it does in a JSON list.
 			c, err := parseCredential(d)
 			if err != nil {
 				return nil, err
-			}
-			for _, other := range k.Credentials {
-				if other.Name == c.Name {
-					return nil, d.Errf("credential %q already specified", c.Name)
-				}
 			}
 			k.Credentials = append(k.Credentials, c)
 		default:
@@ -235,8 +232,13 @@ func parseCredential(d *caddyfile.Dispenser) (module.Credential, error) {
 				return c, d.Errf("credential %q: max_concurrent takes exactly one number", c.Name)
 			}
 			n, err := strconv.Atoi(raw)
-			if err != nil || n <= 0 {
-				return c, d.Errf("credential %q: max_concurrent: %q is not a positive whole number", c.Name, raw)
+			if err != nil {
+				return c, d.Errf("credential %q: max_concurrent: %q is not a whole number", c.Name, raw)
+			}
+			if n == 0 {
+				// 0 in the JSON means no limit, the opposite of what
+				// was written. A negative number goes on to the module.
+				return c, d.Errf("credential %q: max_concurrent: 0 would mean no limit; leave max_concurrent out for that", c.Name)
 			}
 			c.MaxConcurrent = n
 			continue
@@ -252,9 +254,6 @@ func parseCredential(d *caddyfile.Dispenser) (module.Credential, error) {
 			// Never echo the arguments: they may be a secret.
 			return c, d.Errf("credential %q: %s takes exactly one value", c.Name, name)
 		}
-	}
-	if c.KlarnaUsername == "" {
-		return c, d.Errf("credential %q: klarna_username is required", c.Name)
 	}
 	return c, nil
 }

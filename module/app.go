@@ -22,15 +22,16 @@ func init() {
 	caddy.RegisterModule(App{})
 }
 
-// App is the `kustom` Caddy app: it owns the last-used state that the kustom
-// handlers write and the status page reads, and keeps it in Caddy's storage
-// so that it survives restarts and is shared by a fleet. Handlers load it on
-// demand, so it needs no config of its own; the `kustom` global option sets
-// the fields below.
+// App is the `kustom` Caddy app: it owns the evidence (per row: last used,
+// last worked, last failed and why, recent clients) that the kustom
+// handlers record and the status page, the admin API and the metrics read,
+// and keeps it in Caddy's storage so that it survives restarts and is shared
+// by a fleet. Handlers load it on demand, so it needs no config of its own;
+// the `kustom` global option sets the fields below.
 type App struct {
-	// How often this instance writes its last-used state to storage and
-	// reads the other instances'. Default: 5s. State is also written when
-	// the app stops.
+	// How often this instance writes its evidence to storage and reads the
+	// other instances'. Default: 5s. State is also written when the app
+	// stops.
 	FlushInterval caddy.Duration `json:"flush_interval,omitempty"`
 
 	// Names this instance's state in shared storage. Default: Caddy's
@@ -64,7 +65,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "kustom", New: func() caddy.Module { return new(App) }}
 }
 
-// DefaultFlushInterval bounds how much last-used state a crash can lose.
+// DefaultFlushInterval bounds how much evidence a crash can lose.
 const DefaultFlushInterval = 5 * time.Second
 
 // stateDir is where instances keep their state in Caddy's storage.
@@ -77,6 +78,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	if a.FlushInterval < 0 {
 		return fmt.Errorf("flush_interval: must not be negative")
+	}
+	if a.FlushInterval > 0 && a.FlushInterval < caddy.Duration(time.Second) {
+		// Every instance lists and reads its peers' state at this pace.
+		return fmt.Errorf("flush_interval: %s is too short; storage is written and read at that pace (at least 1s)",
+			time.Duration(a.FlushInterval))
 	}
 	if a.FlushInterval == 0 {
 		a.FlushInterval = caddy.Duration(DefaultFlushInterval)
@@ -104,7 +110,9 @@ var (
 	current   *App // the running app; a reload's new app takes over from it
 )
 
-// currentApp is the app whose state the last-used metric reports.
+// currentApp is the running app, whose evidence the admin API and the
+// evidence gauges (kustom_shim_last_*_timestamp_seconds,
+// kustom_shim_observing_since_timestamp_seconds) report.
 func currentApp() *App {
 	currentMu.Lock()
 	defer currentMu.Unlock()
@@ -124,8 +132,6 @@ func (a *App) Start() error {
 	}
 	currentMu.Lock()
 	if prev := current; prev != nil {
-		// A reload: carry over what the outgoing config saw but may not
-		// have written yet.
 		// A reload: the new config records into the outgoing one's
 		// tracker, so that calls the old config still finishes (its
 		// in-flight requests, its tunnels while they drain) land where the

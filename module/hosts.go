@@ -7,8 +7,9 @@ import (
 	"strings"
 )
 
-// The two API hosts Kustom documents. Kustom has no regional hosts: every
-// Klarna region (EU, NA, OC) lands on the same Kustom host.
+// The two API hosts Kustom documents. Every Klarna region (EU, NA, OC) lands
+// on the same Kustom host; should the Kustom Portal give a region-specific
+// host, `map` adds it (see Handler.Map).
 const (
 	KustomProduction = "api.kustom.co"
 	KustomPlayground = "api.playground.kustom.co"
@@ -63,7 +64,16 @@ type HostMap struct {
 func NewHostMap(overrides map[string]string, defaultTarget string) (*HostMap, error) {
 	merged := DefaultHostMap()
 	seen := map[string]string{}
-	for from, to := range overrides {
+	// In sorted order, so that the error for two spellings of one host (the
+	// Caddyfile hands both on for this check) names them the same way on
+	// every load rather than in map order.
+	froms := make([]string, 0, len(overrides))
+	for from := range overrides {
+		froms = append(froms, from)
+	}
+	sort.Strings(froms)
+	for _, from := range froms {
+		to := overrides[from]
 		if err := checkHostname(from); err != nil {
 			return nil, fmt.Errorf("map: from-host %q: %v", from, err)
 		}

@@ -215,6 +215,23 @@ func TestHostMapConfigErrors(t *testing.T) {
 	}
 }
 
+// Two spellings of one from-host reach NewHostMap from a Caddyfile as they
+// were written; the error names both, identically on every load.
+func TestHostMapDuplicateFromHostError(t *testing.T) {
+	overrides := map[string]string{
+		"api.example.com":  "api.kustom.co",
+		"API.Example.com.": "api.playground.kustom.co",
+		"api.other.com":    "api.kustom.co",
+	}
+	const want = `map: from-hosts "API.Example.com." and "api.example.com" are the same host`
+	for i := 0; i < 20; i++ {
+		_, err := NewHostMap(overrides, "")
+		if err == nil || err.Error() != want {
+			t.Fatalf("load %d: error %v, want %s", i, err, want)
+		}
+	}
+}
+
 func TestHostMapToHosts(t *testing.T) {
 	want := []string{KustomProduction, KustomPlayground}
 	for _, target := range []string{"", TargetProduction, TargetPlayground, TargetNone} {

@@ -68,6 +68,11 @@ func parseUpstreamOverride(raw string) (string, error) {
 
 // parsePassthrough reads `unmatched passthrough <url>`.
 func parsePassthrough(raw string) (upstreamTarget, error) {
+	if raw == "" {
+		// The Caddyfile hands `unmatched passthrough` on without a URL for
+		// this check, as a JSON config without "url" arrives.
+		return upstreamTarget{}, fmt.Errorf("unmatched: passthrough needs a URL, such as `unmatched passthrough https://api.klarna.com`")
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return upstreamTarget{}, fmt.Errorf("unmatched: the passthrough URL is not a URL such as https://api.klarna.com")
