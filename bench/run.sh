@@ -633,6 +633,9 @@ fi
 MD=$RESULTS/latest.md
 med() { median ${R[$1]}; }
 rounds() { for v in ${R[$1]}; do printf "%.${2:-0}f " "$v"; done | sed 's/ $//'; }
+# "Other load" is the difference of two kernel counts that agree only to a few
+# percent (see bench/README.md): below zero is that noise, shown as 0.
+nonneg() { awk -v v="$1" 'BEGIN { if (v < 0) v = 0; printf "%.0f", v }'; }
 {
 	echo "## Results"
 	echo
@@ -640,7 +643,8 @@ rounds() { for v in ${R[$1]}; do printf "%.${2:-0}f " "$v"; done | sed 's/ $//';
 		"$(go version | awk '{print $3}'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), nginx $("$NGINX" -v 2>&1 | sed 's|.*nginx/||')," \
 		"commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- . ':!bench' 2>/dev/null || echo ' with uncommitted changes')."
 	echo "Load: \`wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION\` with bench/wrk.lua (4 order reads : 1 order creation), $ROUNDS interleaved rounds, medians."
-	echo "Load generator, proxy and upstream share the $NCPU cores; \"other load\" is the CPU that processes outside the benchmark took meanwhile."
+	echo "Load generator, proxy and upstream share the $NCPU cores; \"other load\" is the CPU that processes outside the benchmark took meanwhile" \
+		"(the machine's busy time in /proc/stat minus the benchmark's processes: good to a few percent of the machine, a negative result shows as 0)."
 	echo
 	echo "### Throughput, latency and CPU per request (ratios to stock Caddy)"
 	echo
@@ -653,7 +657,7 @@ rounds() { for v in ${R[$1]}; do printf "%.${2:-0}f " "$v"; done | sed 's/ $//';
 		if [ -n "${R[$c:cpu]:-}" ]; then cpu=$(med "$c:cpu") cpur=$(ratio "$cpu" "$B_CPU"); fi
 		printf '| %s | %.0f | %s | %.2f | %s | %.2f | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$c]}" \
 			"$rps" "$(ratio "$rps" "$B_RPS")" "$p50" "$(ratio "$p50" "$B_P50")" "$p99" "$(ratio "$p99" "$B_P99")" \
-			"$cpu" "$cpur" "$(med "$c:up_cpu")" "$(med "$c:other")" "$(rounds "$c:rps")"
+			"$cpu" "$cpur" "$(med "$c:up_cpu")" "$(nonneg "$(med "$c:other")")" "$(rounds "$c:rps")"
 	done
 	echo
 	echo "kustom-shim's \`kustom_shim_requests_total\` counted $SHIM_COUNTED requests over its runs (all of them: metrics on)."

@@ -21,10 +21,11 @@ func init() {
 //	GET /kustom/status             window of 7 days (DefaultStatusWindow)
 //	GET /kustom/status?window=24h  any caddy.ParseDuration form: 90m, 24h, 7d
 //
-// 200 with the report, in the shape documented on StatusReport's JSON form
-// (status.go): switch_complete, shim_in_use, window, generated_at,
-// action_required and services[] with service, service_name, from_host,
-// to_host, last_used (RFC 3339 or null), action_required and note. Errors
+// 200 with the report as JSON, in the shape documented in reportjson.go:
+// the verdict and its summary, switch_complete, shim_in_use, the evidence
+// (observing since, enough, calls seen), action_required by store and
+// services[], one row per service, hosts, store and key with its state and
+// evidence (last_used, last_ok, last_failed: RFC 3339 or null). Errors
 // are the admin API's own JSON, {"error": "…"}: 400 for a bad window, 405 for
 // a method other than GET or HEAD, 503 "kustom app not running" when the
 // running config has no kustom app (no kustom handler, status page or global

@@ -27,16 +27,6 @@ import (
 // addressed to api.klarna.com. It never opens a tunnel to anywhere: a CONNECT
 // for a host outside the map is refused, so the shim is no open proxy.
 
-// ProxyAuth guards a shared gateway's CONNECT and proxy-form requests with
-// Basic Proxy-Authorization.
-type ProxyAuth struct {
-	// The proxy username the apps send.
-	Username string `json:"username"`
-	// A bcrypt or argon2id hash of the proxy password (`kustom-shim
-	// hash-password`), checked through Caddy's basic_auth comparers.
-	PasswordHash string `json:"password_hash"`
-}
-
 // connectIntercept is the provisioned form of intercept_connect.
 type connectIntercept struct {
 	tlsConfig *tls.Config
@@ -84,22 +74,12 @@ func (h *Handler) provisionConnect(ctx caddy.Context) error {
 		}
 		return nil
 	}
-	var auth *caddyauth.HTTPBasicAuth
-	if h.ProxyAuth != nil {
-		if h.ProxyAuth.Username == "" {
-			return fmt.Errorf("proxy_auth: a username is required")
-		}
-		algo, err := hashAlgorithm(h.ProxyAuth.PasswordHash)
-		if err != nil {
-			return fmt.Errorf("proxy_auth: password_hash: %v", err)
-		}
-		hashers, err := provisionHashers(ctx, map[string][]caddyauth.Account{
-			algo: {{Username: h.ProxyAuth.Username, Password: h.ProxyAuth.PasswordHash}},
-		})
-		if err != nil {
-			return fmt.Errorf("proxy_auth: %v", err)
-		}
-		auth = hashers[algo]
+	auth, err := h.ProxyAuth.provision(ctx)
+	if err != nil {
+		return err
+	}
+	if h.app == nil {
+		return fmt.Errorf("intercept_connect: needs the kustom app for its certificates")
 	}
 	tlsIface, err := ctx.App("tls")
 	if err != nil {
@@ -124,37 +104,6 @@ func (h *Handler) provisionConnect(ctx caddy.Context) error {
 	h.connect = &connectIntercept{tlsConfig: policies.TLSConfig(ctx), logger: h.logger, auth: auth,
 		tunnels: map[*http.Server]struct{}{}}
 	return nil
-}
-
-// proxyAuthorized checks Proxy-Authorization when proxy_auth is set. It
-// returns "" when the caller may go on, ReasonProxyAuthRequired when the
-// credentials are missing or wrong, and ReasonTooManyRequests when the
-// password would have to be hashed while every hash slot is taken: hash work
-// is bounded as for klarna_password_hash (see checkHashed), and "busy" must
-// not read as "wrong" to an app whose password is right. An unknown proxy
-// username is refused without hashing a stand-in password: like a Klarna
-// username it is not a secret, and a stand-in hash would be free CPU for a
-// flood.
-func (c *connectIntercept) proxyAuthorized(r *http.Request) Reason {
-	if c == nil || c.auth == nil {
-		return ""
-	}
-	var buf [basicBufSize]byte
-	user, pass, ok := decodeBasic(r.Header.Get("Proxy-Authorization"), buf[:])
-	if !ok {
-		return ReasonProxyAuthRequired
-	}
-	account, found := c.auth.Accounts[string(user)]
-	if !found {
-		return ReasonProxyAuthRequired
-	}
-	switch checkHashed(r.Context(), c.auth.Hash, account.Password, pass) {
-	case passwordRight:
-		return ""
-	case passwordBusy:
-		return ReasonTooManyRequests
-	}
-	return ReasonProxyAuthRequired
 }
 
 // serveConnect answers a CONNECT: refused unless intercepting and the target

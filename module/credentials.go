@@ -99,6 +99,43 @@ type AuthOutcome struct {
 	stored *storedCredential // the matched credential, when swapped
 
 	counter prometheus.Counter // kustom_shim_credentials_total for this outcome
+	held    bool               // Acquire took a max_concurrent slot
+}
+
+// Count adds the outcome to kustom_shim_credentials_total.
+func (a *AuthOutcome) Count() {
+	if a.counter != nil {
+		a.counter.Inc()
+	}
+}
+
+// Swap puts the Kustom key in r's Authorization when the outcome says to,
+// and reports whether it did. Safe to change in place: the access log holds
+// its own clone of the request, made before any handler ran.
+func (a *AuthOutcome) Swap(r *http.Request) bool {
+	if a.Result != ResultSwapped || a.stored == nil {
+		return false
+	}
+	r.Header["Authorization"] = a.stored.header // built once per credential, never modified
+	return true
+}
+
+// Acquire takes one of the credential's max_concurrent slots; false means
+// the credential is at its limit. Release gives it back.
+func (a *AuthOutcome) Acquire() bool {
+	if a.stored == nil || a.stored.limit == nil {
+		return true
+	}
+	a.held = a.stored.limit.acquire()
+	return a.held
+}
+
+// Release gives back the slot Acquire took, if any.
+func (a *AuthOutcome) Release() {
+	if a.held {
+		a.stored.limit.release()
+		a.held = false
+	}
 }
 
 // concurrencyLimit counts one credential's requests in flight.
@@ -169,107 +206,26 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 	hashedCreds := map[string][]*storedCredential{} // by algorithm, to attach the comparer once provisioned
 	var resolved []ResolvedCredential
 	for i, c := range creds {
-		where := fmt.Sprintf("credential %d", i)
+		cr := credentialResolver{c: c, repl: repl, where: fmt.Sprintf("credential %d", i)}
 		if c.Name != "" {
-			where = fmt.Sprintf("credential %q", c.Name)
+			cr.where = fmt.Sprintf("credential %q", c.Name)
 		}
-		fail := func(field, format string, args ...any) error {
-			return fmt.Errorf("%s: %s: %s", where, field, fmt.Sprintf(format, args...))
+		if err := cr.checkName(names); err != nil {
+			return nil, nil, err
 		}
-		switch {
-		case !credentialName.MatchString(c.Name):
-			return nil, nil, fail("name", "must be 1-64 letters, digits, '.', '_' or '-'")
-		case c.Name == UnknownCredential:
-			return nil, nil, fail("name", "%q is reserved for callers that match no credential", UnknownCredential)
-		case names[c.Name]:
-			return nil, nil, fail("name", "used by another credential")
-		}
-		names[c.Name] = true
-
-		user, err := expand(repl, c.KlarnaUsername)
+		user, sc, err := cr.klarnaSide(s.byUser)
 		if err != nil {
-			return nil, nil, fail("klarna_username", "%v", err)
+			return nil, nil, err
 		}
-		if user == "" || strings.Contains(user, ":") {
-			return nil, nil, fail("klarna_username", "required, and may not contain ':'")
+		environment, err := cr.kustomSide(sc)
+		if err != nil {
+			return nil, nil, err
 		}
-		if _, dup := s.byUser[user]; dup {
-			return nil, nil, fail("klarna_username", "used by another credential")
-		}
-		sc := &storedCredential{name: c.Name,
-			swapped:  shimMetrics.credentials.WithLabelValues(c.Name, ResultSwapped),
-			rejected: shimMetrics.credentials.WithLabelValues(c.Name, ResultRejected)}
-		switch {
-		case c.MaxConcurrent < 0:
-			return nil, nil, fail("max_concurrent", "must not be negative")
-		case c.MaxConcurrent > 0:
-			sc.limit = &concurrencyLimit{max: int32(min(c.MaxConcurrent, 1<<30))}
-		}
-		environment := ""
-
-		switch {
-		case c.KlarnaPassword != "" && c.KlarnaPasswordHash != "":
-			return nil, nil, fail("klarna_password", "set klarna_password or klarna_password_hash, not both")
-		case c.KlarnaPassword != "":
-			pw, err := expandSecret(repl, c.KlarnaPassword)
-			if err != nil {
-				return nil, nil, fail("klarna_password", "%v", err)
-			}
-			sc.passwordSum = sha256.Sum256([]byte(pw))
-		case c.KlarnaPasswordHash != "":
-			algo, err := hashAlgorithm(c.KlarnaPasswordHash)
-			if err != nil {
-				return nil, nil, fail("klarna_password_hash", "%v", err)
-			}
-			hashed[algo] = append(hashed[algo], caddyauth.Account{Username: user, Password: c.KlarnaPasswordHash})
-			sc.hash = c.KlarnaPasswordHash
+		if sc.hash != "" {
+			algo, _ := hashAlgorithm(sc.hash) // checked by klarnaSide
+			hashed[algo] = append(hashed[algo], caddyauth.Account{Username: user, Password: sc.hash})
 			hashedCreds[algo] = append(hashedCreds[algo], sc)
-		default:
-			return nil, nil, fail("klarna_password", "required (or klarna_password_hash)")
 		}
-
-		kuser, err := expand(repl, c.KustomUsername)
-		if err != nil {
-			return nil, nil, fail("kustom_username", "%v", err)
-		}
-		if strings.Contains(kuser, ":") {
-			return nil, nil, fail("kustom_username", "may not contain ':' (Basic auth would split it)")
-		}
-		switch {
-		case c.KustomPassword != "" && c.KustomAPIKey != "":
-			return nil, nil, fail("kustom_password", "set kustom_password or kustom_api_key, not both")
-		case c.KustomPassword != "":
-			if kuser == "" {
-				return nil, nil, fail("kustom_username", "required with kustom_password")
-			}
-			pw, err := expandSecret(repl, c.KustomPassword)
-			if err != nil {
-				return nil, nil, fail("kustom_password", "%v", err)
-			}
-			sc.authorization = basic(kuser, pw)
-		case c.KustomAPIKey != "":
-			key, err := expandSecret(repl, c.KustomAPIKey)
-			if err != nil {
-				return nil, nil, fail("kustom_api_key", "%v", err)
-			}
-			switch {
-			case strings.HasPrefix(key, "kco_live_"):
-				environment = TargetProduction
-			case strings.HasPrefix(key, "kco_test_"):
-				environment = TargetPlayground
-			}
-			if kuser != "" {
-				sc.authorization = basic(kuser, key)
-			} else {
-				sc.authorization = "Basic " + key
-			}
-		default:
-			return nil, nil, fail("kustom_api_key", "required (or kustom_username with kustom_password)")
-		}
-		if strings.ContainsAny(sc.authorization, "\r\n") {
-			return nil, nil, fail("kustom_api_key", "contains a line break")
-		}
-		sc.header = []string{sc.authorization}
 		s.byUser[user] = sc
 		resolved = append(resolved, ResolvedCredential{Name: c.Name, Authorization: sc.authorization, Environment: environment})
 	}
@@ -283,6 +239,124 @@ func NewCredentialStore(ctx caddy.Context, creds []Credential, unknown string) (
 		}
 	}
 	return s, resolved, nil
+}
+
+// credentialResolver checks and resolves one configured credential; its
+// errors name the credential and the field, never a value.
+type credentialResolver struct {
+	c     Credential
+	repl  *caddy.Replacer
+	where string // "credential \"shop1\"", or its index when unnamed
+}
+
+func (cr credentialResolver) fail(field, format string, args ...any) error {
+	return fmt.Errorf("%s: %s: %s", cr.where, field, fmt.Sprintf(format, args...))
+}
+
+// checkName checks the name (a metric label and a store's name) and that
+// no other credential has it.
+func (cr credentialResolver) checkName(names map[string]bool) error {
+	switch name := cr.c.Name; {
+	case !credentialName.MatchString(name):
+		return cr.fail("name", "must be 1-64 letters, digits, '.', '_' or '-'")
+	case name == UnknownCredential:
+		return cr.fail("name", "%q is reserved for callers that match no credential", UnknownCredential)
+	case names[name]:
+		return cr.fail("name", "used by another credential")
+	}
+	names[cr.c.Name] = true
+	return nil
+}
+
+// klarnaSide resolves what the app sends: the Klarna username (unique) and
+// password (a digest, or a hash to check), and the concurrency limit.
+func (cr credentialResolver) klarnaSide(byUser map[string]*storedCredential) (string, *storedCredential, error) {
+	c := cr.c
+	user, err := expand(cr.repl, c.KlarnaUsername)
+	if err != nil {
+		return "", nil, cr.fail("klarna_username", "%v", err)
+	}
+	if user == "" || strings.Contains(user, ":") {
+		return "", nil, cr.fail("klarna_username", "required, and may not contain ':'")
+	}
+	if _, dup := byUser[user]; dup {
+		return "", nil, cr.fail("klarna_username", "used by another credential")
+	}
+	sc := &storedCredential{name: c.Name,
+		swapped:  shimMetrics.credentials.WithLabelValues(c.Name, ResultSwapped),
+		rejected: shimMetrics.credentials.WithLabelValues(c.Name, ResultRejected)}
+	switch {
+	case c.MaxConcurrent < 0:
+		return "", nil, cr.fail("max_concurrent", "must not be negative")
+	case c.MaxConcurrent > 0:
+		sc.limit = &concurrencyLimit{max: int32(min(c.MaxConcurrent, 1<<30))}
+	}
+	switch {
+	case c.KlarnaPassword != "" && c.KlarnaPasswordHash != "":
+		return "", nil, cr.fail("klarna_password", "set klarna_password or klarna_password_hash, not both")
+	case c.KlarnaPassword != "":
+		pw, err := expandSecret(cr.repl, c.KlarnaPassword)
+		if err != nil {
+			return "", nil, cr.fail("klarna_password", "%v", err)
+		}
+		sc.passwordSum = sha256.Sum256([]byte(pw))
+	case c.KlarnaPasswordHash != "":
+		if _, err := hashAlgorithm(c.KlarnaPasswordHash); err != nil {
+			return "", nil, cr.fail("klarna_password_hash", "%v", err)
+		}
+		sc.hash = c.KlarnaPasswordHash
+	default:
+		return "", nil, cr.fail("klarna_password", "required (or klarna_password_hash)")
+	}
+	return user, sc, nil
+}
+
+// kustomSide builds the Authorization the shim sends instead, once, and
+// tells which Kustom environment the key is for (by its prefix).
+func (cr credentialResolver) kustomSide(sc *storedCredential) (environment string, err error) {
+	c := cr.c
+	kuser, err := expand(cr.repl, c.KustomUsername)
+	if err != nil {
+		return "", cr.fail("kustom_username", "%v", err)
+	}
+	if strings.Contains(kuser, ":") {
+		return "", cr.fail("kustom_username", "may not contain ':' (Basic auth would split it)")
+	}
+	switch {
+	case c.KustomPassword != "" && c.KustomAPIKey != "":
+		return "", cr.fail("kustom_password", "set kustom_password or kustom_api_key, not both")
+	case c.KustomPassword != "":
+		if kuser == "" {
+			return "", cr.fail("kustom_username", "required with kustom_password")
+		}
+		pw, err := expandSecret(cr.repl, c.KustomPassword)
+		if err != nil {
+			return "", cr.fail("kustom_password", "%v", err)
+		}
+		sc.authorization = basic(kuser, pw)
+	case c.KustomAPIKey != "":
+		key, err := expandSecret(cr.repl, c.KustomAPIKey)
+		if err != nil {
+			return "", cr.fail("kustom_api_key", "%v", err)
+		}
+		switch {
+		case strings.HasPrefix(key, "kco_live_"):
+			environment = TargetProduction
+		case strings.HasPrefix(key, "kco_test_"):
+			environment = TargetPlayground
+		}
+		sc.authorization = "Basic " + key
+		if kuser != "" {
+			sc.authorization = basic(kuser, key)
+		}
+	default:
+		return "", cr.fail("kustom_api_key", "required (or kustom_username with kustom_password)")
+	}
+	if strings.ContainsAny(sc.authorization, "\r\n") {
+		return "", cr.fail("kustom_api_key", "contains a line break")
+	}
+	sc.header = []string{sc.authorization}
+	return environment, nil
 }
 
 // provisionHashers builds one Caddy basic-auth provider per hash algorithm,

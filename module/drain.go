@@ -23,10 +23,15 @@ func init() {
 	caddy.RegisterModule(Drain{})
 }
 
-// Drain is a listener wrapper (kustom_drain) that lets a reload, such as a
-// Kustom key rotation, lose no call on a plain-HTTP listener like a
-// sidecar's: it hands the kept-alive connections that are between calls
-// over to the new config instead of letting the old one close them.
+// Drain is a listener wrapper (kustom_drain) that keeps a reload, such as a
+// Kustom key rotation, from losing the calls apps write on kept-alive
+// connections of a plain-HTTP listener like a sidecar's: it hands the
+// connections that are between calls over to the new config instead of
+// letting the old one close them. Two losses remain beyond its reach: a
+// call whose head the old server finishes reading just as the reload
+// begins (Go's server drops it unanswered), and connections still queued
+// on the old listening socket, which Linux resets unless
+// net.ipv4.tcp_migrate_req=1.
 //
 // Without it, a reload makes the old server close every kept-alive
 // connection that is between requests at once, and (Go 1.26) drop a request
@@ -324,71 +329,89 @@ func (c *drainConn) Read(b []byte) (int, error) {
 		return 0, nil
 	}
 	for {
-		c.mu.Lock()
-		if c.gone.Load() {
-			c.mu.Unlock()
-			return 0, errHandedOver
-		}
-		if c.preface {
-			// As if the app had closed: the server ends the connection
-			// without an answer, and does not switch it to HTTP/2.
-			c.mu.Unlock()
-			return 0, io.EOF
-		}
-		if c.movable() {
-			c.mu.Unlock()
-			c.handOver()
-			return 0, errHandedOver
-		}
-		if len(c.pending) > 0 && !c.startOpen {
-			n := copy(b, c.pending)
-			c.pending = c.pending[n:]
-			c.noteRead(b[:n])
-			c.mu.Unlock()
-			return n, nil
-		}
-		c.reading = true
-		c.mu.Unlock()
-
-		n, err := c.Conn.Read(b)
-
-		c.mu.Lock()
-		c.reading = false
-		if c.startOpen && n > 0 {
-			// The call's first bytes: held back until they are known.
-			c.pending = append(c.pending, b[:n]...)
-			n = 0
-			c.settleStart()
-		} else if n > 0 {
-			c.noteRead(b[:n])
-		}
-		if c.gone.Load() {
-			// Close handed the connection over while this read waited; the
-			// bytes are the new config's now.
-			c.mu.Unlock()
-			c.transfer()
-			return 0, errHandedOver
-		}
-		if err != nil {
-			c.readFailed = true
-			c.mu.Unlock()
+		if n, done, err := c.readWithoutSocket(b); done {
 			return n, err
 		}
-		if n == 0 {
-			// Held back: serve them, or read on, as they tell.
-			c.mu.Unlock()
-			continue
+		n, err := c.Conn.Read(b)
+		if n, again, err := c.afterSocketRead(b, n, err); !again {
+			return n, err
 		}
-		if c.movable() {
-			// A call began after the reload did: the old server must not
-			// read it (it would drop it unanswered).
-			c.mu.Unlock()
-			c.handOver()
-			return 0, errHandedOver
-		}
-		c.mu.Unlock()
-		return n, nil
 	}
+}
+
+// readWithoutSocket is the part of Read that needs no socket read: it
+// answers (done) for a connection that is gone or ends at the HTTP/2
+// preface, hands over a movable one, and serves pending bytes. Otherwise
+// it marks the connection as reading, for handOver to wake, and the caller
+// reads the socket.
+func (c *drainConn) readWithoutSocket(b []byte) (n int, done bool, err error) {
+	c.mu.Lock()
+	switch {
+	case c.gone.Load():
+		c.mu.Unlock()
+		return 0, true, errHandedOver
+	case c.preface:
+		// As if the app had closed: the server ends the connection
+		// without an answer, and does not switch it to HTTP/2.
+		c.mu.Unlock()
+		return 0, true, io.EOF
+	case c.movable():
+		c.mu.Unlock()
+		c.handOver()
+		return 0, true, errHandedOver
+	case len(c.pending) > 0 && !c.startOpen:
+		n = copy(b, c.pending)
+		c.pending = c.pending[n:]
+		c.noteRead(b[:n])
+		c.mu.Unlock()
+		return n, true, nil
+	}
+	c.reading = true
+	c.mu.Unlock()
+	return 0, false, nil
+}
+
+// afterSocketRead takes the result of Read's socket read (n bytes of b, or
+// err): it follows the bytes, or holds them back while the start of a
+// handed-over call is open, and hands the connection over if that is due
+// now. again: nothing to return yet, Read goes round once more.
+func (c *drainConn) afterSocketRead(b []byte, n int, err error) (int, bool, error) {
+	c.mu.Lock()
+	c.reading = false
+	if c.startOpen && n > 0 {
+		// The call's first bytes: held back until they are known.
+		c.pending = append(c.pending, b[:n]...)
+		n = 0
+		c.settleStart()
+	} else if n > 0 {
+		c.noteRead(b[:n])
+	}
+	if c.gone.Load() {
+		// Close handed the connection over while this read waited; the
+		// bytes are the new config's now.
+		c.mu.Unlock()
+		c.transfer()
+		return 0, false, errHandedOver
+	}
+	if err != nil {
+		c.readFailed = true
+		c.mu.Unlock()
+		return n, false, err
+	}
+	if n == 0 {
+		// Held back: serve them, or read on, as they tell.
+		c.mu.Unlock()
+		return 0, true, nil
+	}
+	if c.movable() {
+		// A call began after the reload did: the old server must not
+		// read it (it would drop it unanswered).
+		c.mu.Unlock()
+		c.handOver()
+		return 0, false, errHandedOver
+	}
+	c.mu.Unlock()
+	return n, false, nil
 }
 
 // settleStart looks at the first bytes of the next call on a connection

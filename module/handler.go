@@ -1,7 +1,11 @@
 // Package module holds kustom-shim's Caddy modules and the plain domain logic
-// behind them: the Klarna → Kustom host map, service classification,
-// credential swapping, URL rewriting, metrics and the status page. The
-// handlers are thin glue over those pieces and over Caddy's own reverse proxy.
+// behind them: the Klarna → Kustom host map (hosts.go), service
+// classification (services.go), credentials (credentials.go, proxyauth.go),
+// URL rewriting (origins.go, bodyrewrite.go, responsewriter.go), the switch
+// evidence and report (lastused.go, report.go, promreport.go), metrics and
+// the status page. The kustom handler (this file) runs a request through
+// named stages over those pieces and Caddy's own reverse proxy; connect.go
+// intercepts CONNECT tunnels and drain.go hands connections over on reloads.
 package module
 
 import (
@@ -16,7 +20,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -24,7 +27,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 func init() {
@@ -64,8 +66,10 @@ type Handler struct {
 
 	// The largest request body accepted, in bytes (default 1 MiB, Klarna's
 	// and Kustom's own limit). A larger one is refused with 413 before
-	// anything is sent. Bodies up to this size are held in memory so that a
-	// retried request can be sent again whole.
+	// anything is sent. A body of unknown length (chunked) is read within
+	// this limit first, and a request that may be retried (GET, HEAD, or
+	// one with Klarna-Idempotency-Key) is held in memory so that a retry
+	// sends it again whole; every other body streams.
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
 
 	// The largest request line plus headers accepted, in bytes (default 64
@@ -98,7 +102,8 @@ type Handler struct {
 	proxies     map[string]*proxyTarget // by to-host
 	passthrough *proxyTarget
 	logger      *zap.Logger
-	app         *App
+	app         *App            // nil in unit tests; intercept_connect needs it
+	usage       func() *Tracker // where calls are recorded
 	connect     *connectIntercept
 }
 
@@ -126,15 +131,45 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves secrets, builds the host map and one reverse proxy per
-// target host. Every error names the field at fault and never a secret.
+// target host, and records calls in the kustom app's tracker. Every error
+// names the field at fault and never a secret.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
 	app, err := ctx.App("kustom")
 	if err != nil {
 		return err
 	}
 	h.app = app.(*App)
+	return h.provision(ctx, h.app.Tracker)
+}
+
+// provision is Provision with the tracker given, so that the handler can be
+// tested on its own, without a Caddy instance or the kustom app. usage is
+// asked on every call: a reload may hand the app another tracker.
+func (h *Handler) provision(ctx caddy.Context, usage func() *Tracker) error {
+	h.logger = ctx.Logger()
+	h.usage = usage
 	registerMetrics(ctx.GetMetricsRegistry())
+	if err := h.provisionLimits(); err != nil {
+		return err
+	}
+	var err error
+	if h.hosts, err = NewHostMap(h.Map, h.DefaultTarget); err != nil {
+		return err
+	}
+	if h.creds, _, err = NewCredentialStore(ctx, h.Credentials, h.UnknownCredentials); err != nil {
+		return err
+	}
+	if err := h.provisionConnect(ctx); err != nil {
+		return err
+	}
+	if err := h.provisionProxies(ctx); err != nil {
+		return err
+	}
+	return h.provisionUnmatched(ctx)
+}
+
+// provisionLimits checks and defaults the size limits.
+func (h *Handler) provisionLimits() error {
 	if h.MaxRequestBody < 0 {
 		return fmt.Errorf("max_request_body: must not be negative")
 	}
@@ -147,15 +182,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxRequestHeaders == 0 {
 		h.MaxRequestHeaders = DefaultMaxRequestHeaders
 	}
-	if h.hosts, err = NewHostMap(h.Map, h.DefaultTarget); err != nil {
-		return err
-	}
-	if h.creds, _, err = NewCredentialStore(ctx, h.Credentials, h.UnknownCredentials); err != nil {
-		return err
-	}
-	if err := h.provisionConnect(ctx); err != nil {
-		return err
-	}
+	return nil
+}
+
+// provisionProxies builds one reverse proxy per Kustom host the map sends
+// to, each with the Kustom host as Host and TLS server name.
+func (h *Handler) provisionProxies(ctx caddy.Context) error {
 	dialOverride, err := parseUpstreamOverride(h.Upstream)
 	if err != nil {
 		return err
@@ -172,33 +204,40 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.proxies[to] = &proxyTarget{host: to, origin: "https://" + to, rp: rp}
 	}
-	if h.Unmatched != nil {
-		switch h.Unmatched.Action {
-		case "", "reject":
-			if h.Unmatched.URL != "" {
-				return fmt.Errorf("unmatched: a URL goes only with passthrough")
-			}
-		case "passthrough":
-			t, err := parsePassthrough(h.Unmatched.URL)
-			if err != nil {
-				return err
-			}
-			// Dialled as configured (the upstream override is for Kustom
-			// hosts only), through the same transport settings: a trust
-			// pool or an egress proxy applies to every outbound call.
-			rp, err := newProxyPair(ctx, t, h.TransportRaw, h.MaxRequestBody)
-			if err != nil {
-				return err
-			}
-			scheme := "http://"
-			if t.tls {
-				scheme = "https://"
-			}
-			h.passthrough = &proxyTarget{host: hostOnly(t.host), origin: scheme + t.host, rp: rp}
-		default:
-			return fmt.Errorf("unmatched: %q is not one of reject, passthrough", h.Unmatched.Action)
-		}
+	return nil
+}
+
+// provisionUnmatched sets up the policy for paths Kustom did not take over.
+func (h *Handler) provisionUnmatched(ctx caddy.Context) error {
+	if h.Unmatched == nil {
+		return nil
 	}
+	switch h.Unmatched.Action {
+	case "", "reject":
+		if h.Unmatched.URL != "" {
+			return fmt.Errorf("unmatched: a URL goes only with passthrough")
+		}
+		return nil
+	case "passthrough":
+	default:
+		return fmt.Errorf("unmatched: %q is not one of reject, passthrough", h.Unmatched.Action)
+	}
+	t, err := parsePassthrough(h.Unmatched.URL)
+	if err != nil {
+		return err
+	}
+	// Dialled as configured (the upstream override is for Kustom hosts
+	// only), through the same transport settings: a trust pool or an egress
+	// proxy applies to every outbound call.
+	rp, err := newProxyPair(ctx, t, h.TransportRaw, h.MaxRequestBody)
+	if err != nil {
+		return err
+	}
+	scheme := "http://"
+	if t.tls {
+		scheme = "https://"
+	}
+	h.passthrough = &proxyTarget{host: hostOnly(t.host), origin: scheme + t.host, rp: rp}
 	return nil
 }
 
@@ -216,166 +255,252 @@ func (h *Handler) Cleanup() error {
 	return errors.Join(errs...)
 }
 
-// ServeHTTP routes, authenticates and proxies one request.
+// ServeHTTP handles one request in stages, as Caddy's reverse proxy splits
+// its own: admit (what no request may do), route (which upstream, which
+// row), authorize (the caller's key), prepare (the body and headers), then
+// forward (proxy and record) and answer. Each stage either passes or names
+// the Reason the shim refuses with; nothing reaches an upstream before
+// forward.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	rq := request{extra: extraFields(r), repl: repl, service: Classify(r.URL.Path), route: Route{FromHost: labelUnknownHost}}
+	rq := newRequest(r)
+	if reason := h.admit(r, &rq); reason != "" {
+		return h.refuse(w, &rq, reason)
+	}
+	if r.Method == http.MethodConnect {
+		return h.serveConnect(w, r, &rq)
+	}
+	if reason := h.route(r, &rq); reason != "" {
+		return h.refuse(w, &rq, reason)
+	}
+	if reason := h.authorize(r, &rq); reason != "" {
+		return h.refuse(w, &rq, reason)
+	}
+	defer rq.auth.Release()
+	if reason := h.prepare(r, &rq); reason != "" {
+		return h.refuse(w, &rq, reason)
+	}
+	ow, err := h.forward(w, r, next, &rq)
+	return h.answer(w, &rq, ow, err)
+}
 
+// request is what the handler learns about one request as it goes, for the
+// later stages, the metrics and the access log.
+type request struct {
+	extra      *caddyhttp.ExtraLogFields
+	repl       *caddy.Replacer
+	service    Service
+	route      Route
+	toHost     string // "" until a target is chosen
+	credential string
+	detail     string // why the upstream failed, for a 502's error_messages
+	logged     bool   // the access log fields were added
+
+	target  *proxyTarget
+	row     UsageKey // the switch report's row
+	auth    AuthOutcome
+	origins Origins      // the client origin is filled in only when a URL needs rewriting
+	bodies  *bodyRewrite // nil: no body of this endpoint carries API URLs
+}
+
+func newRequest(r *http.Request) request {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		repl = caddy.NewReplacer()
+	}
+	return request{extra: extraFields(r), repl: repl, service: Classify(r.URL.Path), route: Route{FromHost: labelUnknownHost}}
+}
+
+// admit refuses what no request may do, whatever its route. A CONNECT is
+// admitted here (serveConnect authenticates it and checks its target) unless
+// it comes inside a tunnel.
+func (h *Handler) admit(r *http.Request, rq *request) Reason {
 	if requestHeaderSize(r) > h.MaxRequestHeaders {
-		return h.refuse(w, &rq, ReasonHeadersTooLarge)
+		return ReasonHeadersTooLarge
 	}
 	if len(r.Header["Upgrade"]) > 0 {
 		// A 101 from the upstream would hand the client a raw pipe past
 		// every check; no Klarna API upgrades.
-		return h.refuse(w, &rq, ReasonUpgradeRefused)
+		return ReasonUpgradeRefused
 	}
 	tunnel, inTunnel := tunnelHost(r)
-	if r.Method == http.MethodConnect {
+	switch {
+	case r.Method == http.MethodConnect:
 		rq.service = Unmatched
 		if inTunnel {
-			return h.refuse(w, &rq, ReasonConnectRefused) // no tunnel inside a tunnel
+			return ReasonConnectRefused // no tunnel inside a tunnel
 		}
-		return h.serveConnect(w, r, &rq)
-	}
-	if inTunnel && NormalizeHost(r.Host) != tunnel {
-		return h.refuse(w, &rq, ReasonUnknownTarget) // a tunnel serves the host it was opened for
-	}
-	if !inTunnel {
-		// proxy_auth guards every request of the site; inside a tunnel
-		// the CONNECT that opened it was authenticated.
-		if reason := h.connect.proxyAuthorized(r); reason != "" {
-			return h.refuse(w, &rq, reason)
+		return ""
+	case inTunnel:
+		// The CONNECT that opened the tunnel was authenticated; a tunnel
+		// serves the host it was opened for.
+		if NormalizeHost(r.Host) != tunnel {
+			return ReasonUnknownTarget
 		}
+		return ""
 	}
+	// proxy_auth guards every request of the site, not only proxy-form ones.
+	return h.connect.proxyAuthorized(r)
+}
+
+// route picks the upstream and the switch report's row from the Host the
+// app addressed and the path.
+func (h *Handler) route(r *http.Request, rq *request) Reason {
 	var route Route
 	var ok bool
 	if isProxyForm(r) {
 		// An app using the shim as its HTTP proxy: only mapped API hosts,
 		// never the default target, which serves requests for the shim.
 		if route, ok = h.hosts.Lookup(r.Host); !ok {
-			return h.refuse(w, &rq, ReasonProxyRefused)
+			return ReasonProxyRefused
 		}
 	} else if route, ok = h.hosts.Resolve(r.Host); !ok {
-		return h.refuse(w, &rq, ReasonUnknownTarget)
+		return ReasonUnknownTarget
 	}
 	rq.route = route
-	target := h.proxies[route.ToHost]
-	row := UsageKey{Service: rq.service, FromHost: route.FromHost, Key: KeyKept}
+	rq.target = h.proxies[route.ToHost]
+	rq.row = UsageKey{Service: rq.service, FromHost: route.FromHost, Key: KeyKept}
 	if rq.service == Unmatched {
 		if h.passthrough == nil {
-			return h.refuse(w, &rq, ReasonUnmatchedPath)
+			return ReasonUnmatchedPath
 		}
-		// Not Kustom's: the caller's own credentials go, unchecked.
-		target = h.passthrough
-	} else {
-		auth := h.creds.Authenticate(r)
-		rq.credential = auth.Credential
-		auth.counter.Inc()
-		switch auth.Result {
-		case ResultRejected:
-			return h.refuse(w, &rq, auth.Refusal)
-		case ResultSwapped:
-			// Safe to change in place: the access log holds its own clone
-			// of the request, made before any handler ran.
-			r.Header["Authorization"] = auth.stored.header
-			row.Credential, row.Key = auth.Credential, KeySwapped
-		}
-		if auth.stored != nil && auth.stored.limit != nil {
-			if !auth.stored.limit.acquire() {
-				return h.refuse(w, &rq, ReasonTooManyRequests)
-			}
-			defer auth.stored.limit.release()
-		}
+		rq.target = h.passthrough
 	}
-	if reason := limitRequestBody(r, h.MaxRequestBody); reason != "" {
-		return h.refuse(w, &rq, reason)
-	}
-	if endpoint, ok := DeprecatedEndpoint(r.Method, r.URL.Path); ok && rq.service == OrderManagement {
-		shimMetrics.deprecated.WithLabelValues(string(rq.service), endpoint).Inc()
-		if c := h.logger.Check(zap.WarnLevel, "deprecated Kustom endpoint called; Kustom will remove it"); c != nil {
-			c.Write(zap.String("endpoint", endpoint), zap.String("credential", rq.credential),
-				zap.String("from_host", route.FromHost))
-		}
-	}
-	rq.toHost = target.host
-	rq.logFields("")
+	return ""
+}
 
-	// The client origin is worked out only when a URL needs rewriting.
-	origins := Origins{Upstream: target.origin}
-	var bodies *bodyRewrite
-	if target != h.passthrough {
-		if bodies = bodyRewriteFor(r.Method, r.URL.Path); bodies != nil {
-			origins.Client = ClientOrigin(r)
-			if reason := h.rewriteRequestBody(r, bodies, origins); reason != "" {
-				return h.refuse(w, &rq, reason)
+// authorize checks the caller's Klarna key and swaps in the Kustom one, and
+// takes the credential's concurrency slot (ServeHTTP releases it). Calls
+// passed through to a non-Kustom origin go with the caller's own
+// credentials, unchecked.
+func (h *Handler) authorize(r *http.Request, rq *request) Reason {
+	if rq.target == h.passthrough {
+		return ""
+	}
+	rq.auth = h.creds.Authenticate(r)
+	rq.credential = rq.auth.Credential
+	rq.auth.Count()
+	if rq.auth.Result == ResultRejected {
+		return rq.auth.Refusal
+	}
+	if rq.auth.Swap(r) {
+		rq.row.Credential, rq.row.Key = rq.auth.Credential, KeySwapped
+	}
+	if !rq.auth.Acquire() {
+		return ReasonTooManyRequests
+	}
+	return ""
+}
+
+// prepare bounds and rewrites the request body, notes a deprecated endpoint
+// and strips what a third party has no business with.
+func (h *Handler) prepare(r *http.Request, rq *request) Reason {
+	if reason := limitRequestBody(r, h.MaxRequestBody); reason != "" {
+		return reason
+	}
+	h.warnDeprecated(r, rq)
+	rq.toHost = rq.target.host
+	rq.logFields("")
+	rq.origins = Origins{Upstream: rq.target.origin}
+	if rq.target != h.passthrough {
+		if rq.bodies = bodyRewriteFor(r.Method, r.URL.Path); rq.bodies != nil {
+			rq.origins.Client = ClientOrigin(r)
+			if reason := h.rewriteRequestBody(r, rq.bodies, rq.origins); reason != "" {
+				return reason
 			}
-			if len(bodies.response) > 0 && r.Header.Get("Accept-Encoding") != "" {
+			if len(rq.bodies.response) > 0 && r.Header.Get("Accept-Encoding") != "" {
 				// Ask only for an encoding the rewrite can read.
 				r.Header.Set("Accept-Encoding", "gzip")
 			}
 		}
 	}
-
 	stripForwarding(r.Header)
-	start := time.Now()
-	row.ToHost = target.host
-	evidence := h.app.Tracker().Entry(row)
-	evidence.Used(start, r.Header.Get("User-Agent"))
-	ow := newOriginWriter(w, origins, bodies, r)
-	err := proxyInto(target.rp.pick(r), ow, r, next)
-	headerAt := ow.headerAt
-	if headerAt.IsZero() {
-		headerAt = time.Now()
+	return ""
+}
+
+// warnDeprecated counts and logs a call to an endpoint Kustom deprecated.
+func (h *Handler) warnDeprecated(r *http.Request, rq *request) {
+	endpoint, ok := DeprecatedEndpoint(r.Method, r.URL.Path)
+	if !ok || rq.service != OrderManagement {
+		return
 	}
-	observeDuration(rq.service, headerAt.Sub(start).Seconds())
-	recordOutcome(evidence, ow, err, r, headerAt)
+	shimMetrics.deprecated.WithLabelValues(string(rq.service), endpoint).Inc()
+	if c := h.logger.Check(zap.WarnLevel, "deprecated Kustom endpoint called; Kustom will remove it"); c != nil {
+		c.Write(zap.String("endpoint", endpoint), zap.String("credential", rq.credential),
+			zap.String("from_host", rq.route.FromHost))
+	}
+}
+
+// forward proxies through Caddy's reverse proxy and records the call's
+// evidence: used when sent, then worked or failed by its answer.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rq *request) (*originWriter, error) {
+	start := time.Now()
+	rq.row.ToHost = rq.target.host
+	evidence := h.usage().Entry(rq.row)
+	evidence.Used(start, r.Header.Get("User-Agent"))
+	ow := newOriginWriter(w, rq.origins, rq.bodies, r)
+	err := proxyInto(rq.target.rp.pick(r), ow, r, next)
+	out := ow.outcome()
+	if out.HeaderAt.IsZero() {
+		out.HeaderAt = time.Now()
+	}
+	observeDuration(rq.service, out.HeaderAt.Sub(start).Seconds())
+	recordOutcome(evidence, out, err, r)
+	return ow, err
+}
+
+// answer finishes what forward began: a held-back body goes out rewritten,
+// a failure before anything reached the client becomes the shim's refusal,
+// and a stream that broke midway is aborted so the client sees it broke.
+func (h *Handler) answer(w http.ResponseWriter, rq *request, ow *originWriter, err error) error {
 	if err == nil {
 		reason, notice := ow.finish()
 		if notice != "" {
-			h.noticeOnce(bodies.endpoint+" response", notice)
+			h.noticeOnce(rq.bodies.endpoint+" response", notice)
 		}
 		if reason != "" {
 			discardUpstreamHeaders(w.Header())
-			return h.refuse(w, &rq, reason)
+			return h.refuse(w, rq, reason)
 		}
-		rq.count(ow.status)
+		rq.count(ow.outcome().Status)
 		return nil
 	}
+	out := ow.outcome()
 	reason := ReasonUpstreamUnreachable
 	var herr caddyhttp.HandlerError
 	switch {
-	case ow.tooLarge:
+	case out.TooLarge:
 		reason = ReasonResponseTooLarge
 	case errors.As(err, &herr) && herr.StatusCode == http.StatusGatewayTimeout:
 		reason = ReasonUpstreamTimeout
 	}
-	rq.detail = upstreamFailureDetail(err, reason, target.host)
+	rq.detail = upstreamFailureDetail(err, reason, rq.target.host)
 	if c := h.logger.Check(zap.ErrorLevel, "upstream request failed"); c != nil {
 		id, _ := rq.repl.GetString("http.request.uuid")
-		c.Write(zap.String("service", string(rq.service)), zap.String("upstream", target.host),
+		c.Write(zap.String("service", string(rq.service)), zap.String("upstream", rq.target.host),
 			zap.String("credential", rq.credential), zap.String("reason", string(reason)),
 			zap.String("correlation_id", id), zap.String("cause", rq.detail), zap.Error(err))
 	}
-	if ow.wroteHeader && !ow.buffering {
+	if out.Started {
 		// The response is under way: count it, then abort the stream as the
 		// proxy meant to, so the client sees an incomplete body rather than
 		// a clean end.
-		rq.count(ow.status)
+		rq.count(out.Status)
 		if errors.Is(err, errStreamAborted) {
 			panic(http.ErrAbortHandler)
 		}
 		return nil
 	}
 	discardUpstreamHeaders(w.Header())
-	return h.refuse(w, &rq, reason)
+	return h.refuse(w, rq, reason)
 }
 
 // recordOutcome records what the call's answer says about the upstream:
 // worked, failed and why, or nothing when the client gave up before any
 // answer (that says nothing about the upstream).
-func recordOutcome(e *UsageEntry, ow *originWriter, err error, r *http.Request, at time.Time) {
-	if ow.wroteHeader {
-		switch code := ow.status; {
+func recordOutcome(e *UsageEntry, out writeOutcome, err error, r *http.Request) {
+	at := out.HeaderAt
+	if out.Status != 0 {
+		switch code := out.Status; {
 		case code == http.StatusUnauthorized || code == http.StatusForbidden:
 			e.Failed(at, FailureKeyRejected)
 		case code >= 500:
@@ -431,7 +556,7 @@ func proxyInto(rp *reverseproxy.Handler, ow *originWriter, r *http.Request, next
 		if p := recover(); p != nil {
 			if p == http.ErrAbortHandler {
 				err = errStreamAborted
-				if ow.tooLarge {
+				if ow.outcome().TooLarge {
 					err = errResponseTooLarge
 				}
 				return
@@ -443,125 +568,6 @@ func proxyInto(rp *reverseproxy.Handler, ow *originWriter, r *http.Request, next
 }
 
 var errStreamAborted = errors.New("upstream response aborted mid-body")
-
-// rewriteRequestBody points the API URLs in a request body at the upstream:
-// URLs on the client's origin (a sidecar's http://localhost:8080) and
-// absolute Klarna API URLs the app has hard-coded. The body was already
-// bounded by limitRequestBody.
-func (h *Handler) rewriteRequestBody(r *http.Request, bodies *bodyRewrite, o Origins) Reason {
-	if len(bodies.request) == 0 || r.Body == nil || r.Body == http.NoBody {
-		return ""
-	}
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		return ReasonBadRequestBody
-	}
-	out := body
-	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
-		h.noticeOnce(bodies.endpoint+" request", "encoded request body ("+enc+") passed unchanged")
-	} else {
-		rewritten, _, err := RewriteJSONFields(body, bodies.request, func(u string) (string, bool) {
-			if nu, ok := o.ToUpstream(u); ok {
-				return nu, true
-			}
-			return h.hosts.RewriteToKustom(u)
-		})
-		if err != nil {
-			h.noticeOnce(bodies.endpoint+" request", err.Error())
-		} else {
-			out = rewritten
-		}
-	}
-	r.Body = io.NopCloser(bytes.NewReader(out))
-	r.ContentLength = int64(len(out))
-	r.Header.Set("Content-Length", strconv.Itoa(len(out)))
-	return ""
-}
-
-// noticed holds the notices already logged: a body that is not the JSON
-// expected is logged once per endpoint and kind, not once per request.
-var noticed sync.Map
-
-func (h *Handler) noticeOnce(where, what string) {
-	if _, seen := noticed.LoadOrStore(where, struct{}{}); seen {
-		return
-	}
-	h.logger.Warn("body passed unchanged: not the JSON expected (logged once per endpoint)",
-		zap.String("endpoint", where), zap.String("problem", what))
-}
-
-// request is what the handler learns about one request as it goes, for the
-// metrics and the access log.
-type request struct {
-	extra      *caddyhttp.ExtraLogFields
-	repl       *caddy.Replacer
-	service    Service
-	route      Route
-	toHost     string // "" until a target is chosen
-	credential string
-	detail     string // why the upstream failed, for a 502's error_messages
-	logged     bool   // the access log fields were added
-}
-
-func (rq *request) count(status int) {
-	to := rq.toHost
-	if to == "" {
-		to = labelNone
-	}
-	shimMetrics.requests.WithLabelValues(string(rq.service), rq.route.FromHost, to, statusLabel(status)).Inc()
-}
-
-// logFields adds the shim's view of the request to the access log entry,
-// once per request and only when the server keeps an access log: it runs on
-// every request, and Caddy rebuilds its extra-field state on each change.
-func (rq *request) logFields(refusal Reason) {
-	if rq.extra == nil {
-		return
-	}
-	if rq.logged {
-		// Proxied, then refused (upstream down): only the reason is new.
-		if refusal != "" {
-			rq.extra.Add(zap.String("kustom_refusal", string(refusal)))
-		}
-		return
-	}
-	rq.logged = true
-	rq.extra.Add(zap.Inline(shimLogFields{
-		service: rq.service, from: rq.route.FromHost, to: rq.toHost, credential: rq.credential, refusal: refusal,
-	}))
-}
-
-// shimLogFields are the access log's kustom_* fields.
-type shimLogFields struct {
-	service              Service
-	from, to, credential string
-	refusal              Reason
-}
-
-func (f shimLogFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	enc.AddString("kustom_service", string(f.service))
-	enc.AddString("kustom_from_host", f.from)
-	if f.to != "" {
-		enc.AddString("kustom_upstream", f.to)
-	}
-	if f.credential != "" {
-		enc.AddString("kustom_credential", f.credential)
-	}
-	if f.refusal != "" {
-		enc.AddString("kustom_refusal", string(f.refusal))
-	}
-	return nil
-}
-
-// extraFields is where the access log entry's extra fields go, or nil when
-// this server writes no access log.
-func extraFields(r *http.Request) *caddyhttp.ExtraLogFields {
-	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv.Logs == nil {
-		return nil
-	}
-	extra, _ := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
-	return extra
-}
 
 // refuse answers the request itself; nothing reaches an upstream.
 func (h *Handler) refuse(w http.ResponseWriter, rq *request, reason Reason) error {
@@ -634,7 +640,8 @@ const DefaultMaxRequestBody = 1 << 20
 
 // limitRequestBody refuses a body over max. A body of unknown length
 // (chunked, or HTTP/2 without Content-Length) is read here, within the limit,
-// so that it is refused before anything is sent and can be replayed on retry.
+// so that it is refused before anything is sent; a declared length is
+// checked, and the body streams.
 func limitRequestBody(r *http.Request, max int64) Reason {
 	if r.ContentLength > max {
 		return ReasonRequestTooLarge

@@ -119,8 +119,9 @@ func CheckCAHost(h string) error {
 }
 
 // NewConstrainedRoot makes a self-signed ECDSA P-256 root certificate, valid
-// for ten years from now (and an hour before, for clock skew), whose critical name constraints permit exactly the
-// DNS names hosts (and, by X.509's rule, their subdomains) and exclude every
+// from an hour before now (for clock skew) until kustomCARootLifetime (3600
+// days, Caddy's own) after it, whose critical name constraints permit exactly
+// the DNS names hosts (and, by X.509's rule, their subdomains) and exclude every
 // IPv4 and IPv6 address, so that a leaf naming example.com or 127.0.0.1 is
 // rejected by any verifier even though this root signed it. MaxPathLen 1
 // leaves room for Caddy's intermediate and no more. It returns the
@@ -210,21 +211,14 @@ func WriteKustomCA(w io.Writer, dir string, extra []string, force bool, now time
 	if err != nil {
 		return err
 	}
-	abs, err := filepath.Abs(dir)
+	abs, err := kustomCADir(dir)
 	if err != nil {
 		return err
 	}
-	if strings.ContainsAny(abs, "`\r\n{}") {
-		return fmt.Errorf("--out %q: choose a directory whose path has no backtick, newline or brace, so that the Caddyfile can name it", dir)
-	}
 	certPath, keyPath := filepath.Join(abs, KustomCACertFile), filepath.Join(abs, KustomCAKeyFile)
 	if !force {
-		for _, p := range []string{certPath, keyPath} {
-			if _, err := os.Lstat(p); err == nil {
-				return fmt.Errorf("%s exists: not overwriting a root that apps may already trust (use --force to replace it)", p)
-			} else if !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
+		if err := refuseExisting(certPath, keyPath); err != nil {
+			return err
 		}
 	}
 	certPEM, keyPEM, err := NewConstrainedRoot(hosts, now)
@@ -242,7 +236,40 @@ func WriteKustomCA(w io.Writer, dir string, extra []string, force bool, now time
 	if err := writeNewFile(certPath, certPEM, 0o644, force); err != nil {
 		return err
 	}
+	printKustomCAInstructions(w, certPath, keyPath, hosts)
+	return nil
+}
 
+// kustomCADir is dir made absolute, as the Caddyfile must name it, refused
+// when no Caddyfile token can carry it.
+func kustomCADir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if strings.ContainsAny(abs, "`\r\n{}") {
+		return "", fmt.Errorf("--out %q: choose a directory whose path has no backtick, newline or brace, so that the Caddyfile can name it", dir)
+	}
+	return abs, nil
+}
+
+// refuseExisting fails if any of paths exists (or cannot be checked), before
+// anything is made: a root that apps may already trust is not replaced
+// without --force.
+func refuseExisting(paths ...string) error {
+	for _, p := range paths {
+		if _, err := os.Lstat(p); err == nil {
+			return fmt.Errorf("%s exists: not overwriting a root that apps may already trust (use --force to replace it)", p)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// printKustomCAInstructions tells the operator what was written, what the
+// root may sign for, the Caddyfile lines that use it and what to do next.
+func printKustomCAInstructions(w io.Writer, certPath, keyPath string, hosts []string) {
 	fmt.Fprintf(w, "Wrote %s (root certificate) and %s (its private key, mode 0600).\n", certPath, keyPath)
 	fmt.Fprintf(w, "The root can sign only for these hosts (and their subdomains), and for no IP address:\n")
 	for _, h := range hosts {
@@ -261,7 +288,6 @@ and certificates/local from Caddy's storage (by default
 serving the intermediate and certificates the old root signed, which apps
 trusting only this root reject; and the old, unlimited root key goes with them.
 `, certPath, keyPath)
-	return nil
 }
 
 // writeNewFile writes data to path with perm. Without force it fails if path

@@ -14,7 +14,7 @@ import (
 //	{
 //	  "verdict": "action_required",   // complete | action_required | failing |
 //	                                  // not_enough_evidence | unavailable
-//	  "summary": "Action required: store shop1 still depend on the shim.",
+//	  "summary": "Action required: store shop1 still depends on the shim.",
 //	  "switch_complete": false,       // true only with enough evidence, a call seen
 //	                                  // and no failing or shim-dependent row
 //	  "shim_in_use": true,            // some row was used within window

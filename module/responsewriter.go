@@ -14,110 +14,63 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// Origins is the pair of origins between which absolute API URLs are
-// translated: Upstream is where the request went (https://api.kustom.co),
-// Client is the origin the client addressed (http://localhost:8080 for a
-// sidecar, https://api.klarna.com behind DNS). Klarna's SDKs store the
-// Location of a created order and send their next call there, so a URL that
-// escaped to the upstream origin would take the app around the shim.
-type Origins struct {
-	Upstream string
-	Client   string
-}
-
-// ClientOrigin is the origin r was addressed to, as the client wrote it, or
-// "" for a request without a Host (HTTP/1.0), whose URLs become relative.
-func ClientOrigin(r *http.Request) string {
-	if r.Host == "" {
-		return ""
-	}
-	if r.TLS != nil {
-		return "https://" + r.Host
-	}
-	return "http://" + r.Host
-}
-
-// ToClient rewrites u from the upstream origin to the client origin.
-func (o Origins) ToClient(u string) (string, bool) { return RewriteOrigin(u, o.Upstream, o.Client) }
-
-// ToUpstream rewrites u from the client origin to the upstream origin.
-func (o Origins) ToUpstream(u string) (string, bool) { return RewriteOrigin(u, o.Client, o.Upstream) }
-
-// RewriteOrigin replaces the origin from at the start of the absolute URL u
-// with to. Scheme and host compare case-insensitively and a default port
-// written out (:443, :80) matches its absence, as URL equivalence has it. A
-// URL on any other origin, a relative URL and a URL whose host merely starts
-// with from's host (api.kustom.co.evil.example) are left alone.
-func RewriteOrigin(u, from, to string) (string, bool) {
-	scheme, host, ok := strings.Cut(from, "://")
-	if !ok || len(u) < len(scheme)+3 || !strings.EqualFold(u[:len(scheme)+3], scheme+"://") {
-		return u, false
-	}
-	defaultPort := ":443"
-	if strings.EqualFold(scheme, "http") {
-		defaultPort = ":80"
-	}
-	// Host: api.klarna.com:443 and Host: api.klarna.com are one origin.
-	if len(host) > len(defaultPort) && strings.HasSuffix(host, defaultPort) {
-		host = host[:len(host)-len(defaultPort)]
-	}
-	rest := u[len(scheme)+3:]
-	if len(rest) < len(host) || !strings.EqualFold(rest[:len(host)], host) {
-		return u, false
-	}
-	rest = rest[len(host):]
-	if !strings.Contains(host, ":") {
-		rest = strings.TrimPrefix(rest, defaultPort)
-	}
-	if rest != "" && rest[0] != '/' && rest[0] != '?' && rest[0] != '#' {
-		return u, false
-	}
-	if to == "" {
-		if strings.HasPrefix(rest, "//") {
-			// As a relative reference "//x/…" would name another host.
-			return u, false
-		}
-		if rest == "" || rest[0] != '/' {
-			rest = "/" + rest // a relative reference must still name a path
-		}
-	}
-	return to + rest, true
-}
-
-// urlHeaders are the response headers that carry absolute API URLs.
-var urlHeaders = []string{"Location", "Content-Location"}
-
-// rewriteHeaderURLs applies o.ToClient to every URL-carrying header of h.
-func rewriteHeaderURLs(h http.Header, o Origins) {
-	for _, name := range urlHeaders {
-		vals := h[name]
-		for i, v := range vals {
-			if nv, ok := o.ToClient(v); ok {
-				vals[i] = nv
-			}
-		}
-	}
-}
-
-// originWriter rewrites URL headers as the upstream's response header is
-// written, and remembers whether anything was written so that the handler
-// knows whether an upstream error can still be answered with a refusal. On
-// the few endpoints whose JSON carries API URLs it holds the body back
-// (within maxResponseRewrite) so that finish can rewrite it.
+// originWriter is the ResponseWriter the upstream's response goes through.
+// It rewrites URL headers as the response header is written, and keeps
+// track of what has reached the client, which outcome reports to the
+// handler: whether an upstream error can still be answered with a refusal.
+// On the few endpoints whose JSON carries API URLs it holds the body back
+// (within MaxResponseRewrite) so that finish can rewrite it.
 type originWriter struct {
 	caddyhttp.ResponseWriterWrapper // by value: one allocation less per request
 	origins                         Origins
-	wroteHeader                     bool
-	status                          int
-	headerAt                        time.Time // when the upstream's response header was written
+
+	// What outcome reports. The handler reads wroteHeader, status,
+	// headerAt, buffering and tooLarge directly until it switches to
+	// outcome; new code should call outcome instead.
+	wroteHeader bool      // the upstream wrote a final (>= 200) header
+	status      int       // that header's status
+	headerAt    time.Time // when the upstream's response header was written
 
 	req       *http.Request // whose ClientOrigin origins.Client is, once needed
 	clientSet bool
 
 	rewrite   *bodyRewrite // nil: stream everything
-	buffering bool
-	tooLarge  bool
+	buffering bool         // the response is held back for finish
+	tooLarge  bool         // the held-back body is over MaxResponseRewrite
 	buf       bytes.Buffer
+}
+
+// writeOutcome is what the upstream's response came to, as far as the
+// handler needs to know: for the duration metric, the switch evidence, the
+// requests counter and whether it may still refuse.
+type writeOutcome struct {
+	// Status is the final status the upstream wrote (200 or above: a 1xx
+	// does not count), or 0 when it wrote none.
+	Status int
+	// HeaderAt is when the upstream wrote that status; zero when Status is 0.
+	HeaderAt time.Time
+	// Started: the response header has been passed on to the client, so
+	// the shim can no longer answer with a refusal; an upstream error now
+	// can only cut the response short. A held-back body starts only when
+	// finish writes it.
+	Started bool
+	// TooLarge: a body that had to be rewritten is over MaxResponseRewrite,
+	// as sent or once decoded. Nothing of it has reached the client
+	// (Started is false), so the handler refuses with
+	// ReasonResponseTooLarge.
+	TooLarge bool
+}
+
+// outcome reports what the response came to so far. The handler asks once
+// the proxy has returned, and again after finish, which may start the
+// response or find it too large.
+func (w *originWriter) outcome() writeOutcome {
+	return writeOutcome{
+		Status:   w.status,
+		HeaderAt: w.headerAt,
+		Started:  w.wroteHeader && !w.buffering && !w.tooLarge,
+		TooLarge: w.tooLarge,
+	}
 }
 
 // MaxResponseRewrite bounds the JSON bodies held in memory for rewriting.
@@ -134,8 +87,14 @@ func newOriginWriter(w http.ResponseWriter, o Origins, rw *bodyRewrite, r *http.
 	return ow
 }
 
+// WriteHeader passes a 1xx on and takes the first final status as the
+// response's, with its URL headers rewritten; a held-back response keeps
+// its header back too, for finish to write, and ignores any later call.
 func (w *originWriter) WriteHeader(code int) {
 	stripShimError(w.Header())
+	if w.buffering {
+		return // written by finish; a second status must not reach the client first
+	}
 	if code >= 200 && !w.wroteHeader {
 		w.wroteHeader = true
 		w.status = code
@@ -143,7 +102,7 @@ func (w *originWriter) WriteHeader(code int) {
 		if h := w.Header(); len(h["Location"]) > 0 || len(h["Content-Location"]) > 0 {
 			rewriteHeaderURLs(h, w.clientOrigins())
 		}
-		if w.rewrite != nil && code >= 200 && code < 300 && rewritableBody(w.Header()) {
+		if w.rewrite != nil && code < 300 && rewritableBody(w.Header()) {
 			w.buffering = true
 			if cl, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64); err == nil && cl > MaxResponseRewrite {
 				w.tooLarge = true
@@ -202,6 +161,8 @@ func rewritableBody(h http.Header) bool {
 	return false
 }
 
+// Write passes b on, or holds it back for finish, refusing past
+// MaxResponseRewrite (errResponseTooLarge: the proxy then aborts).
 func (w *originWriter) Write(b []byte) (int, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
@@ -218,6 +179,8 @@ func (w *originWriter) Write(b []byte) (int, error) {
 
 var errResponseTooLarge = fmt.Errorf("response body over %d bytes cannot be rewritten", MaxResponseRewrite)
 
+// ReadFrom is Write for the proxy's copy loop: a streamed body keeps the
+// underlying writer's fast path.
 func (w *originWriter) ReadFrom(r io.Reader) (int64, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
@@ -236,6 +199,8 @@ func (w *originWriter) FlushError() error {
 	return http.NewResponseController(&w.ResponseWriterWrapper).Flush()
 }
 
+// writerOnly hides ReadFrom, so that io.Copy into a held-back response goes
+// through Write and its limit rather than back into ReadFrom.
 type writerOnly struct{ io.Writer }
 
 // finish writes a held-back body, rewritten. It reports ReasonResponseTooLarge
@@ -286,6 +251,9 @@ func (w *originWriter) finish() (reason Reason, notice string) {
 	return "", notice
 }
 
+// decodeBody is b decoded from encoding: gzip is decompressed, within
+// MaxResponseRewrite (errResponseTooLarge past it), and anything else is
+// returned as it is (rewritableBody lets only identity and gzip through).
 func decodeBody(b []byte, encoding string) ([]byte, error) {
 	if !strings.EqualFold(encoding, "gzip") {
 		return b, nil
