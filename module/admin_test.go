@@ -10,14 +10,6 @@ import (
 	"github.com/kustomshim/kustomshim/internal/shimtest"
 )
 
-// adminGlobals is shim.Globals with the admin API on a free loopback port
-// instead of off.
-func adminGlobals(port int) func(*shimtest.Shim) string {
-	return func(s *shimtest.Shim) string {
-		return s.GlobalsWithAdmin(fmt.Sprintf("localhost:%d", port), "")
-	}
-}
-
 func adminError(t *testing.T, method, url string, wantStatus int, wantErr string) *http.Response {
 	t.Helper()
 	resp, body := do(t, shimtest.Client(), method, url, "", "", "", nil)
@@ -31,9 +23,8 @@ func adminError(t *testing.T, method, url string, wantStatus int, wantErr string
 }
 
 func TestAdminStatus(t *testing.T) {
-	port := shimtest.FreePort(t)
-	admin := fmt.Sprintf("http://localhost:%d/kustom/status", port)
-	e := startStatusShim(t, adminGlobals(port))
+	e := startShim(t, shimOpts{status: true, admin: true})
+	admin := e.admin + "/kustom/status"
 	callAPI(t, e, "api.klarna.com", "GET", "/checkout/v3/orders/order-1")
 	callAPI(t, e, "api.playground.klarna.com", "GET", "/hpp/v1/sessions/s-1")
 
@@ -75,9 +66,9 @@ func TestAdminStatus(t *testing.T) {
 }
 
 func TestAdminStatusWithoutKustomApp(t *testing.T) {
-	port := shimtest.FreePort(t)
 	s := shimtest.New(t)
-	site := shimtest.FreePort(t)
-	s.Start(t, adminGlobals(port)(s)+fmt.Sprintf("http://:%d {\n\trespond \"ok\"\n}\n", site))
-	adminError(t, "GET", fmt.Sprintf("http://localhost:%d/kustom/status", port), http.StatusServiceUnavailable, "kustom app not running")
+	ports := s.StartPorts(t, make([]int, 2), func(p []int) string {
+		return s.GlobalsWithAdmin(fmt.Sprintf("127.0.0.1:%d", p[0]), "") + fmt.Sprintf("http://:%d {\n\trespond \"ok\"\n}\n", p[1])
+	})
+	adminError(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/kustom/status", ports[0]), http.StatusServiceUnavailable, "kustom app not running")
 }

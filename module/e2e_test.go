@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/kustomshim/kustomshim/internal/shimtest"
 	"github.com/kustomshim/kustomshim/internal/testdns"
 	"github.com/kustomshim/kustomshim/internal/testupstream"
@@ -42,56 +40,6 @@ func secrets() []string {
 		base64.StdEncoding.EncodeToString([]byte(klarnaUser + ":" + klarnaPassword))}
 }
 
-type env struct {
-	shim *shimtest.Shim
-	up   *testupstream.Upstream
-	base string // http://127.0.0.1:port
-	port int
-}
-
-// startSidecar runs the shim as a sidecar on loopback in front of a recording
-// TLS upstream that stands in for api.kustom.co.
-func startSidecar(t *testing.T, options string) *env {
-	t.Helper()
-	return startSidecarOn(t, testupstream.New(t), options)
-}
-
-func startSidecarOn(t *testing.T, up *testupstream.Upstream, options string) *env {
-	t.Helper()
-	t.Setenv("KS_KLARNA_PW", klarnaPassword)
-	t.Setenv("KS_KUSTOM_KEY", kustomKey)
-	t.Setenv("KS_KUSTOM_PW", kustomPassword)
-	hash, err := bcrypt.GenerateFromPassword([]byte(hashedPassword), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{shim: shimtest.New(t), up: up, port: shimtest.FreePort(t)}
-	e.base = fmt.Sprintf("http://127.0.0.1:%d", e.port)
-	// shop1 (an API key alone), plus shop2 (Kustom username and password)
-	// and hashed (a bcrypt Klarna password).
-	more := fmt.Sprintf(`credential shop2 {
-	klarna_username K222_second
-	klarna_password {env.KS_KLARNA_PW}
-	kustom_username %s
-	kustom_password {env.KS_KUSTOM_PW}
-}
-credential hashed {
-	klarna_username %s
-	klarna_password_hash %s
-	kustom_api_key {env.KS_KUSTOM_KEY}
-}
-%s`, kustomUser, hashedUser, hash, options)
-	e.shim.Start(t, e.shim.Globals("")+fmt.Sprintf(`
-http://:%d {
-	log {
-		output file %s
-		format json
-	}
-%s}
-`, e.port, e.shim.AccessLog, shopKustom(up, more)))
-	return e
-}
-
 // indent places extra kustom options in the block, two tabs deeper, as
 // caddy fmt would (an unformatted Caddyfile draws a warning); nested blocks
 // keep their own indentation.
@@ -103,24 +51,6 @@ func indent(options string) string {
 		}
 	}
 	return b.String()
-}
-
-// shopKustom is the kustom directive most tests use: the recording upstream
-// (dialled instead of Kustom, trusted through its CA), one credential shop1,
-// and extra options.
-func shopKustom(up *testupstream.Upstream, extra string) string {
-	return fmt.Sprintf(`	kustom {
-		upstream https://%s
-		transport http {
-			tls_trust_pool file %s
-		}
-		credential shop1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-%s	}
-`, up.Addr, up.CAFile, klarnaUser, indent(extra))
 }
 
 func do(t *testing.T, c *http.Client, method, url, user, pass string, body string, hdr map[string]string) (*http.Response, []byte) {
@@ -268,48 +198,15 @@ func checkRefusals(t *testing.T, e *env, cases []refusalCase) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			e.up.Reset()
-			req, _ := http.NewRequest(c.method, e.base+c.path, strings.NewReader(`{"order_amount":1}`))
+			hdr := map[string]string{}
 			if c.host != "" {
-				req.Host = c.host
+				hdr["Host"] = c.host
 			}
 			if c.auth != "" {
-				req.Header.Set("Authorization", c.auth)
+				hdr["Authorization"] = c.auth
 			}
-			resp, err := shimtest.Client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			raw, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != c.status {
-				t.Errorf("status %d, want %d (%s)", resp.StatusCode, c.status, raw)
-			}
-			if got := resp.Header.Get("Kustom-Shim-Error"); got != c.reason {
-				t.Errorf("Kustom-Shim-Error %q, want %q", got, c.reason)
-			}
-			var body struct {
-				ErrorCode     string   `json:"error_code"`
-				ErrorMessages []string `json:"error_messages"`
-				CorrelationID string   `json:"correlation_id"`
-			}
-			if err := json.Unmarshal(raw, &body); err != nil {
-				t.Fatalf("body is not Klarna-style JSON: %v: %s", err, raw)
-			}
-			if body.ErrorCode == "" || len(body.ErrorMessages) == 0 || body.CorrelationID == "" {
-				t.Errorf("incomplete error body %s", raw)
-			}
-			if resp.Header.Get("Klarna-Correlation-Id") != body.CorrelationID {
-				t.Errorf("correlation header %q != body %q", resp.Header.Get("Klarna-Correlation-Id"), body.CorrelationID)
-			}
-			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-				t.Errorf("Content-Type %q", ct)
-			}
-			if s, leaked := shimtest.Contains(string(raw), secrets()...); leaked {
-				t.Errorf("error body leaks %.6s…", s)
-			}
-			if n := len(e.up.Requests()); n != 0 {
-				t.Errorf("upstream received %d requests for a refused one", n)
-			}
+			resp, raw := do(t, shimtest.Client(), c.method, e.base+c.path, "", "", `{"order_amount":1}`, hdr)
+			checkRefusal(t, e.up, resp, raw, c.status, c.reason)
 		})
 	}
 }
@@ -373,29 +270,11 @@ func TestUnknownCredentialsKeep(t *testing.T) {
 }
 
 func TestUpstreamDownIs502InKlarnaShape(t *testing.T) {
-	t.Setenv("KS_KLARNA_PW", klarnaPassword)
-	t.Setenv("KS_KUSTOM_KEY", kustomKey)
-	shim := shimtest.New(t)
-	port, dead := shimtest.FreePort(t), shimtest.FreePort(t)
-	shim.Start(t, shim.Globals("")+fmt.Sprintf(`
-http://:%d {
-	log {
-		output file %s
-	}
-	kustom {
-		upstream 127.0.0.1:%d
-		credential shop1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-	}
-}`, port, shim.AccessLog, dead, klarnaUser))
-	resp, raw := do(t, shimtest.Client(), "POST", fmt.Sprintf("http://127.0.0.1:%d/ordermanagement/v1/orders/o1/captures", port),
+	e := startShim(t, shimOpts{up: testupstream.Down(t), bareUpstream: true, accessLog: true})
+	shim := e.shim
+	resp, raw := do(t, shimtest.Client(), "POST", e.base+"/ordermanagement/v1/orders/o1/captures",
 		klarnaUser, klarnaPassword, `{"captured_amount":1}`, map[string]string{"Klarna-Idempotency-Key": "k1"})
-	if resp.StatusCode != 502 || resp.Header.Get("Kustom-Shim-Error") != "upstream_unreachable" {
-		t.Fatalf("status %d reason %q: %s", resp.StatusCode, resp.Header.Get("Kustom-Shim-Error"), raw)
-	}
+	checkRefusal(t, nil, resp, raw, 502, "upstream_unreachable")
 	var body map[string]any
 	if err := json.Unmarshal(raw, &body); err != nil || body["error_code"] != "BAD_GATEWAY" || body["correlation_id"] == "" {
 		t.Fatalf("body %s", raw)
@@ -424,8 +303,8 @@ func TestKlarnaHostForm(t *testing.T) {
 	t.Setenv("KS_KUSTOM_KEY", kustomKey)
 	shim := shimtest.New(t)
 	up := testupstream.New(t)
-	port := shimtest.FreePort(t)
-	shim.Start(t, shim.Globals("local_certs")+fmt.Sprintf(`
+	port := shim.StartPort(t, 0, func(port int) string {
+		return shim.Globals("local_certs") + fmt.Sprintf(`
 https://api.klarna.com:%[1]d, https://api.playground.klarna.com:%[1]d {
 	tls internal
 %[2]s}
@@ -436,7 +315,8 @@ https://:%[1]d {
 		default_target none
 	}
 }
-`, port, shopKustom(up, "")))
+`, port, shopKustom(up, ""))
+	})
 
 	client := klarnaHostClient(t, shim, port, "api.klarna.com", "api.playground.klarna.com")
 	up.Handle(func(w http.ResponseWriter, r *http.Request) {
@@ -455,13 +335,7 @@ https://:%[1]d {
 		for _, host := range []string{"example.com", "pay.klarna.com", "js.kustom.co"} {
 			resp, raw := do(t, client, "GET", fmt.Sprintf("https://api.klarna.com:%d/checkout/v3/orders/o1", port),
 				klarnaUser, klarnaPassword, "", map[string]string{"Host": host})
-			if resp.StatusCode != http.StatusMisdirectedRequest || resp.Header.Get("Kustom-Shim-Error") != "unknown_target" ||
-				resp.Header.Get("Klarna-Correlation-Id") == "" {
-				t.Errorf("Host %s: %d %q %s", host, resp.StatusCode, resp.Header.Get("Kustom-Shim-Error"), raw)
-			}
-		}
-		if n := len(up.Requests()); n != 0 {
-			t.Errorf("upstream got %d requests", n)
+			checkRefusal(t, up, resp, raw, http.StatusMisdirectedRequest, "unknown_target")
 		}
 	})
 	for _, c := range cases {
@@ -541,7 +415,7 @@ func TestUnmatchedPassthrough(t *testing.T) {
 	// the Host it receives tells a passthrough from a Kustom-bound request.
 	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 	up := testupstream.New(t)
-	e := startSidecarOn(t, up, "unmatched passthrough https://localhost:"+port(up.Addr))
+	e := startShim(t, shimOpts{up: up, accessLog: true, shop2: true, hashed: true, more: "unmatched passthrough https://localhost:" + port(up.Addr)})
 	resp, raw := do(t, shimtest.Client(), "POST", e.base+"/payments/v1/sessions", "PK_payments_user", "their-secret", `{"a":1}`,
 		map[string]string{"X-Forwarded-For": "10.1.2.3", "Forwarded": "for=10.1.2.3"})
 	if resp.StatusCode != 200 {
@@ -615,16 +489,17 @@ func TestDNSOverrideFlow(t *testing.T) {
 	t.Setenv("KS_KUSTOM_KEY", kustomKey)
 	shim := shimtest.New(t)
 	up := testupstream.New(t)
-	port := shimtest.FreePort(t)
 	hosts := []string{"api.klarna.com", "api-na.klarna.com", "api.playground.klarna.com"}
-	sites := make([]string, len(hosts))
-	for i, h := range hosts {
-		sites[i] = fmt.Sprintf("https://%s:%d", h, port)
-	}
-	shim.Start(t, shim.Globals("local_certs")+fmt.Sprintf(`
+	port := shim.StartPort(t, 0, func(port int) string {
+		sites := make([]string, len(hosts))
+		for i, h := range hosts {
+			sites[i] = fmt.Sprintf("https://%s:%d", h, port)
+		}
+		return shim.Globals("local_certs") + fmt.Sprintf(`
 %s {
 	tls internal
-%s}`, strings.Join(sites, ", "), shopKustom(up, "")))
+%s}`, strings.Join(sites, ", "), shopKustom(up, ""))
+	})
 	kustomFlow(up)
 	pool, _ := caddyRoot(t, shim)
 	dns := testdns.Start(t, hosts...)

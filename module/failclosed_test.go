@@ -22,33 +22,10 @@ import (
 	"github.com/kustomshim/kustomshim/module"
 )
 
-// gatewayConfig is a gateway (intercept_connect, no default target) with a
-// status page, with or without the credential shop1 and with extra kustom
-// options.
-func gatewayConfig(shim *shimtest.Shim, port int, up *testupstream.Upstream, withShop1 bool, extra string) string {
-	cred := fmt.Sprintf(`		credential shop1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-`, klarnaUser)
-	if !withShop1 {
-		cred = ""
-	}
-	return shim.Globals("") + fmt.Sprintf(`
-http://:%d {
-	kustom_status /kustom/status
-	metrics /metrics
-	kustom {
-		upstream https://%s
-		transport http {
-			tls_trust_pool file %s
-		}
-		default_target none
-		intercept_connect
-%s%s	}
-}
-`, port, up.Addr, up.CAFile, cred, indent(extra))
+// gatewayOpts is a gateway (intercept_connect, no default target) with a
+// status page and metrics, shop1, and extra kustom options.
+func gatewayOpts(up *testupstream.Upstream, extra string) shimOpts {
+	return shimOpts{up: up, gateway: true, status: true, metrics: true, more: extra}
 }
 
 // tunnel is one CONNECT tunnel with TLS to the shim's interception
@@ -142,9 +119,7 @@ var klarnaBasic = "Authorization: Basic " + base64Of(klarnaUser+":"+klarnaPasswo
 // new config removed never reaches Kustom again, and the calls it still
 // finishes are recorded where the new config reads.
 func TestTunnelEndsWithItsConfig(t *testing.T) {
-	t.Setenv("KS_KLARNA_PW", klarnaPassword)
-	t.Setenv("KS_KUSTOM_KEY", kustomKey)
-	shim, up, port := shimtest.New(t), testupstream.New(t), shimtest.FreePort(t)
+	up := testupstream.New(t)
 	release := make(chan struct{})
 	up.Handle(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/slow") {
@@ -153,9 +128,12 @@ func TestTunnelEndsWithItsConfig(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"order_id":"o"}`)
 	})
-	shim.Start(t, gatewayConfig(shim, port, up, true, ""))
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	pool, _ := caddyRoot(t, shim)
+	gw := gatewayOpts(up, "")
+	noShop1 := gw
+	noShop1.noCred = true
+	e := startShim(t, gw)
+	addr := e.addr()
+	pool, _ := caddyRoot(t, e.shim)
 	waitForInterception(t, addr, pool)
 
 	t.Run("a removed credential never reaches Kustom through an old tunnel", func(t *testing.T) {
@@ -165,7 +143,7 @@ func TestTunnelEndsWithItsConfig(t *testing.T) {
 			t.Fatalf("before the reload: %v %v", resp, err)
 		}
 		up.Reset()
-		shim.Start(t, gatewayConfig(shim, port, up, false, "")) // shop1 removed
+		e.reload(t, noShop1) // shop1 removed
 		resp, body, err := tn.do("GET", "/checkout/v3/orders/o2", "api.klarna.com", klarnaBasic)
 		if err == nil && resp.StatusCode == 200 {
 			t.Errorf("the old tunnel still served a call with the removed credential: %s", body)
@@ -176,17 +154,15 @@ func TestTunnelEndsWithItsConfig(t *testing.T) {
 			}
 		}
 		// A new tunnel meets the new config.
-		resp, _, err = openTunnel(t, addr, "api.klarna.com", pool).do("GET", "/checkout/v3/orders/o3", "api.klarna.com", klarnaBasic)
-		if err != nil || resp.StatusCode != 401 || resp.Header.Get("Kustom-Shim-Error") != "unknown_username" {
-			t.Errorf("new tunnel after the reload: %v %v", resp, err)
+		resp, body, err = openTunnel(t, addr, "api.klarna.com", pool).do("GET", "/checkout/v3/orders/o3", "api.klarna.com", klarnaBasic)
+		if err != nil {
+			t.Fatalf("new tunnel after the reload: %v", err)
 		}
-		if n := len(up.Requests()); n != 0 {
-			t.Errorf("upstream got %d requests after the reload", n)
-		}
+		checkRefusal(t, up, resp, body, 401, "unknown_username")
 	})
 
 	t.Run("the call in flight finishes and is recorded", func(t *testing.T) {
-		shim.Start(t, gatewayConfig(shim, port, up, true, ""))
+		e.reload(t, gw)
 		tn := openTunnel(t, addr, "api.klarna.com", pool)
 		type result struct {
 			resp *http.Response
@@ -205,7 +181,7 @@ func TestTunnelEndsWithItsConfig(t *testing.T) {
 			}
 			return false
 		})
-		shim.Start(t, gatewayConfig(shim, port, up, true, "")) // a reload while the call is in flight
+		e.reload(t, gw) // a reload while the call is in flight
 		close(release)
 		var res result
 		select {
@@ -233,39 +209,18 @@ func TestTunnelEndsWithItsConfig(t *testing.T) {
 // Refusals the review found missing; each says why, with a correlation id,
 // counts in the metrics, and never reaches the upstream.
 func TestFailClosedRefusals(t *testing.T) {
-	t.Setenv("KS_KLARNA_PW", klarnaPassword)
-	t.Setenv("KS_KUSTOM_KEY", kustomKey)
 	hash, _ := bcrypt.GenerateFromPassword([]byte("gateway-pw"), bcrypt.MinCost)
-	shim, up, port := shimtest.New(t), testupstream.New(t), shimtest.FreePort(t)
-	shim.Start(t, gatewayConfig(shim, port, up, true, fmt.Sprintf("proxy_auth apps %s\n", hash)))
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	pool, _ := caddyRoot(t, shim)
+	e := startShim(t, gatewayOpts(nil, fmt.Sprintf("proxy_auth apps %s\n", hash)))
+	up, addr := e.up, e.addr()
+	pool, _ := caddyRoot(t, e.shim)
 	proxyAuth := "Proxy-Authorization: Basic " + base64Of("apps:gateway-pw")
 	waitForInterception(t, addr, pool, proxyAuth)
-
-	check := func(t *testing.T, resp *http.Response, body []byte, status int, reason string) {
-		t.Helper()
-		if resp.StatusCode != status || resp.Header.Get("Kustom-Shim-Error") != reason {
-			t.Fatalf("status %d reason %q, want %d %q: %s", resp.StatusCode, resp.Header.Get("Kustom-Shim-Error"), status, reason, body)
-		}
-		var kb struct {
-			Code          string `json:"error_code"`
-			CorrelationID string `json:"correlation_id"`
-		}
-		if err := json.Unmarshal(body, &kb); err != nil || kb.Code == "" || kb.CorrelationID == "" ||
-			resp.Header.Get("Klarna-Correlation-Id") != kb.CorrelationID {
-			t.Errorf("not a Klarna-style refusal with a correlation id: %s", body)
-		}
-		if n := len(up.Requests()); n != 0 {
-			t.Errorf("upstream got %d requests", n)
-		}
-	}
 
 	t.Run("origin-form request without proxy_auth", func(t *testing.T) {
 		up.Reset()
 		resp := rawRequest(t, addr, "GET /checkout/v3/orders/x HTTP/1.1", "Host: api.klarna.com", klarnaBasic)
 		body, _ := io.ReadAll(resp.Body)
-		check(t, resp, body, 407, "proxy_auth_required")
+		checkRefusal(t, up, resp, body, 407, "proxy_auth_required")
 		// With it, served.
 		resp = rawRequest(t, addr, "GET /checkout/v3/orders/x HTTP/1.1", "Host: api.klarna.com", klarnaBasic, proxyAuth)
 		if resp.StatusCode != 200 || len(up.Requests()) != 1 {
@@ -278,7 +233,7 @@ func TestFailClosedRefusals(t *testing.T) {
 			resp := rawRequest(t, addr, "GET /checkout/v3/orders/x HTTP/1.1", "Host: api.klarna.com", klarnaBasic, proxyAuth,
 				"Connection: Upgrade", "Upgrade: "+up2, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13")
 			body, _ := io.ReadAll(resp.Body)
-			check(t, resp, body, 400, "upgrade_refused")
+			checkRefusal(t, up, resp, body, 400, "upgrade_refused")
 		}
 	})
 	tn := openTunnel(t, addr, "api.klarna.com", pool, proxyAuth)
@@ -288,7 +243,7 @@ func TestFailClosedRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		check(t, resp, body, 403, "connect_refused")
+		checkRefusal(t, up, resp, body, 403, "connect_refused")
 	})
 	t.Run("another host inside a tunnel", func(t *testing.T) {
 		up.Reset()
@@ -296,7 +251,7 @@ func TestFailClosedRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		check(t, resp, body, 421, "unknown_target")
+		checkRefusal(t, up, resp, body, 421, "unknown_target")
 	})
 	t.Run("the tunnel's own host needs no second proxy_auth", func(t *testing.T) {
 		up.Reset()
@@ -315,8 +270,6 @@ func TestFailClosedRefusals(t *testing.T) {
 
 // A 502 says why, and its correlation id is in the error log line.
 func TestUpstreamFailureSaysWhy(t *testing.T) {
-	down := testupstream.New(t)
-	down.Server.Close()
 	other := testupstream.New(t) // its CA is not the one the shim trusts
 	for _, c := range []struct {
 		name string
@@ -324,30 +277,13 @@ func TestUpstreamFailureSaysWhy(t *testing.T) {
 		ca   string
 		want string
 	}{
-		{"connection refused", down, down.CAFile, "the connection to api.kustom.co was refused"},
+		{"connection refused", testupstream.Down(t), "", "the connection to api.kustom.co was refused"},
 		{"TLS verification", testupstream.New(t), other.CAFile, "TLS verification of api.kustom.co failed"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			t.Setenv("KS_KLARNA_PW", klarnaPassword)
-			t.Setenv("KS_KUSTOM_KEY", kustomKey)
-			shim, port := shimtest.New(t), shimtest.FreePort(t)
-			shim.Start(t, shim.Globals("")+fmt.Sprintf(`
-http://:%d {
-	kustom {
-		upstream https://%s
-		transport http {
-			tls_trust_pool file %s
-		}
-		credential shop1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.KS_KUSTOM_KEY}
-		}
-	}
-}
-`, port, c.up.Addr, c.ca, klarnaUser))
-			resp, body := do(t, shimtest.Client(), "GET", fmt.Sprintf("http://127.0.0.1:%d/checkout/v3/orders/o1", port),
-				klarnaUser, klarnaPassword, "", nil)
+			e := startShim(t, shimOpts{up: c.up, caFile: c.ca})
+			shim := e.shim
+			resp, body := do(t, shimtest.Client(), "GET", e.base+"/checkout/v3/orders/o1", klarnaUser, klarnaPassword, "", nil)
 			var kb struct {
 				Messages      []string `json:"error_messages"`
 				CorrelationID string   `json:"correlation_id"`

@@ -300,8 +300,10 @@ func TestHashFloodRSS(t *testing.T) {
 	}
 
 	up := testupstream.New(t)
-	port := shimtest.FreePort(t)
-	config := fmt.Sprintf(`{
+	hashLine := strings.TrimSpace(string(hash))
+	p := shimtest.StartProcess(t, bin, []string{"KS_KLARNA_PW=" + klarnaPassword, "KS_KUSTOM_KEY=" + kustomKey}, []int{0},
+		func(ports []int) string {
+			return fmt.Sprintf(`{
 	admin off
 	persist_config off
 	storage file_system %s
@@ -328,23 +330,10 @@ http://127.0.0.1:%d {
 		}
 	}
 }
-`, filepath.Join(dir, "storage"), port, up.Addr, up.CAFile, klarnaUser, floodUser, strings.TrimSpace(string(hash)))
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "--config", path)
-	cmd.Env = []string{"HOME=" + dir, "XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir,
-		"KS_KLARNA_PW=" + klarnaPassword, "KS_KUSTOM_KEY=" + kustomKey}
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
+`, filepath.Join(dir, "storage"), ports[0], up.Addr, up.CAFile, klarnaUser, floodUser, hashLine)
+		})
+	cmd, logs := p.Cmd, p.Out
+	port := p.Ports[0]
 	url := fmt.Sprintf("http://127.0.0.1:%d/checkout/v3/orders/o1", port)
 	legit := shimtest.Client()
 	call := func() error {
@@ -361,7 +350,9 @@ http://127.0.0.1:%d {
 		}
 		return nil
 	}
-	shimtest.WaitFor(t, "kustom-shim to serve", 30*time.Second, func() bool { return call() == nil })
+	if err := call(); err != nil {
+		t.Fatalf("kustom-shim serving its config: %v\n%s", err, logs.String())
+	}
 	status := func(field string) int64 {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
 		if err != nil {
@@ -448,8 +439,8 @@ func TestProxyAuthFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, _ := startGateway(t, fmt.Sprintf("proxy_auth apps %s", hash))
-	addr := strings.TrimPrefix(e.base, "http://")
+	e := startGateway(t, fmt.Sprintf("proxy_auth apps %s", hash))
+	addr := e.addr()
 	right := "Proxy-Authorization: Basic " + base64Of("apps:gateway-pw")
 	guess := func() string { return "Proxy-Authorization: Basic " + base64Of("apps:"+rand.Text()) }
 	connect := func(proxyAuth string) (status int, reason, retryAfter string) {

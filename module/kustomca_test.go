@@ -455,8 +455,8 @@ func TestKustomCACaddy(t *testing.T) {
 
 	shim := shimtest.New(t)
 	up := testupstream.New(t)
-	port, gw := shimtest.FreePort(t), shimtest.FreePort(t)
-	shim.Start(t, shim.Globals(indentGlobal(pki))+fmt.Sprintf(`
+	ports := shim.StartPorts(t, make([]int, 2), func(p []int) string {
+		return shim.Globals(indentGlobal(pki)) + fmt.Sprintf(`
 https://api.klarna.com:%[1]d, https://example.com:%[1]d {
 	bind 127.0.0.1
 	tls internal
@@ -465,7 +465,9 @@ https://api.klarna.com:%[1]d, https://example.com:%[1]d {
 http://:%[2]d {
 	bind 127.0.0.1
 %[3]s}
-`, port, gw, shopKustom(up, "default_target none\nintercept_connect\n")))
+`, p[0], p[1], shopKustom(up, "default_target none\nintercept_connect\n"))
+	})
+	port, gw := ports[0], ports[1]
 
 	var chain []*x509.Certificate
 	shimtest.WaitFor(t, "a handshake for api.klarna.com trusting only the constrained root", 20*time.Second, func() bool {
@@ -553,17 +555,18 @@ func TestKustomCACaddySwitch(t *testing.T) {
 	roots.AppendCertsFromPEM(rootPEM)
 
 	shim := shimtest.New(t)
-	port := shimtest.FreePort(t)
-	site := fmt.Sprintf(`
+	port := 0 // each start keeps the port of the one before if it can
+	start := func(globals, what string, wantVerified bool) {
+		t.Helper()
+		port = shim.StartPort(t, port, func(port int) string {
+			return shim.Globals(globals) + fmt.Sprintf(`
 https://api.klarna.com:%d {
 	bind 127.0.0.1
 	tls internal
 	respond "ok"
 }
 `, port)
-	start := func(globals, what string, wantVerified bool) {
-		t.Helper()
-		shim.Start(t, shim.Globals(globals)+site)
+		})
 		var err error
 		shimtest.WaitFor(t, what, 20*time.Second, func() bool {
 			_, err = handshake(port, false, "api.klarna.com", roots)

@@ -122,7 +122,7 @@ func TestLoadSidecar20k(t *testing.T) {
 	}
 	const total, workers = 20000, 64
 	up := testupstream.New(t)
-	f := startFaultShim(t, faultShimConfig{up: up})
+	f := startFaultShim(t, shimOpts{up: up})
 
 	// The upstream counts what it gets; its recorder is emptied as the test
 	// goes, so that 20 000 recorded requests never sit in memory at once.
@@ -229,12 +229,13 @@ func TestSecretsAfterLoadFaultsAndReload(t *testing.T) {
 	const newKey = "kco_test_api_after-reload-key-0008"
 	t.Setenv("KS_KUSTOM_KEY_NEW", newKey)
 	up := testupstream.New(t)
-	f := startFaultShim(t, faultShimConfig{up: up, admin: true, transport: []string{"response_header_timeout 500ms"}})
+	f := startFaultShim(t, shimOpts{up: up, admin: true, transport: []string{"response_header_timeout 500ms"}})
 	var bodies [][]byte
 	keep := func(b []byte) { bodies = append(bodies, b) }
 	c := faultClient(10 * time.Second)
 	auth1, auth2 := basicAuth(klarnaUser, klarnaPassword), basicAuth("K222_second", klarnaPassword)
 
+	reached := make(chan struct{})
 	up.Handle(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Header.Get("X-Fault") {
 		case "slow":
@@ -244,7 +245,7 @@ func TestSecretsAfterLoadFaultsAndReload(t *testing.T) {
 			}
 			return
 		case "reset":
-			resetMidBody("text/csv", true)(w, r)
+			resetMidBody("text/csv", true, reached)(w, r)
 			return
 		case "big":
 			w.Header().Set("Content-Type", "text/csv")
@@ -305,13 +306,13 @@ func TestSecretsAfterLoadFaultsAndReload(t *testing.T) {
 	}
 	keep(raw)
 	// The upstream dying mid-body.
-	resp, raw, _ = call(c, "GET", f.base+"/settlements/v1/reports/payout?payment_reference=p1", auth2, "", map[string]string{"X-Fault": "reset"})
+	resp, raw, _ = callReset(c, f.base+"/settlements/v1/reports/payout?payment_reference=p1", auth2, reached)
 	if resp == nil || resp.StatusCode != 200 {
 		t.Errorf("reset mid-body: %v", resp)
 	}
 	keep(raw)
 	// A client giving up mid-upload and mid-download.
-	addr := fmt.Sprintf("127.0.0.1:%d", f.port)
+	addr := f.addr()
 	if err := abortUpload(addr, "/hpp/v1/sessions?abort=secrets", false); err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +325,7 @@ func TestSecretsAfterLoadFaultsAndReload(t *testing.T) {
 	waitLogLines(t, f.shim.AccessLog, "abort=secrets", 1, 10*time.Second)
 
 	// A reload with a new key through the admin API; then the new key is used.
-	adminLoad(t, f.admin, f.cfg("KS_KUSTOM_KEY_NEW"))
+	adminLoad(t, f.admin, f.config("KS_KUSTOM_KEY_NEW"))
 	up.Reset()
 	resp, raw, err = callSettled(c, "GET", f.base+"/checkout/v3/orders/o1", auth1, "", nil)
 	if err != nil || resp.StatusCode != 200 {
@@ -335,8 +336,9 @@ func TestSecretsAfterLoadFaultsAndReload(t *testing.T) {
 		t.Errorf("after the reload the upstream did not get the new key")
 	}
 	// The upstream unreachable: the same config, dialling a dead port.
-	dead := shimtest.FreePort(t)
-	adminLoad(t, f.admin, strings.Replace(f.cfg("KS_KUSTOM_KEY_NEW"), "upstream https://"+up.Addr, fmt.Sprintf("upstream 127.0.0.1:%d", dead), 1))
+	down := f.opts
+	down.up, down.bareUpstream, down.keyVar = testupstream.Down(t), true, "KS_KUSTOM_KEY_NEW"
+	adminLoad(t, f.admin, f.caddyfile(down))
 	resp, raw, err = callSettled(c, "GET", f.base+"/checkout/v3/orders/o1", auth1, "", nil)
 	if err != nil || resp.StatusCode != 502 {
 		t.Errorf("upstream down: %v %v %s", err, resp, raw)

@@ -16,46 +16,13 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/kustomshim/kustomshim/internal/shimtest"
-	"github.com/kustomshim/kustomshim/internal/testupstream"
 )
 
-// metricsEnv is a shim with a /metrics endpoint on the same site, as a
-// sidecar deployment would expose it.
-type metricsEnv struct {
-	*env
-	cfg func(key string) string // the Caddyfile, for a given Kustom key env var
-}
-
-func (m *metricsEnv) scrape(t *testing.T) shimtest.Scrape {
+// startMetricsShim runs a shim with a /metrics endpoint on the same site, as
+// a sidecar deployment would expose it, and the credential metrics1.
+func startMetricsShim(t *testing.T) *env {
 	t.Helper()
-	return shimtest.ScrapeURL(t, m.base+"/metrics")
-}
-
-func startMetricsShim(t *testing.T, shim *shimtest.Shim, up *testupstream.Upstream, port int) *metricsEnv {
-	t.Helper()
-	t.Setenv("KS_KLARNA_PW", klarnaPassword)
-	t.Setenv("KS_KUSTOM_KEY", kustomKey)
-	m := &metricsEnv{env: &env{shim: shim, up: up, port: port, base: fmt.Sprintf("http://127.0.0.1:%d", port)}}
-	m.cfg = func(keyVar string) string {
-		return shim.Globals("kustom {\n\t\tflush_interval 1s\n\t\tinstance_id test-a\n\t}") + fmt.Sprintf(`
-http://:%d {
-	metrics /metrics
-	kustom {
-		upstream https://%s
-		transport http {
-			tls_trust_pool file %s
-		}
-		credential metrics1 {
-			klarna_username %s
-			klarna_password {env.KS_KLARNA_PW}
-			kustom_api_key {env.%s}
-		}
-	}
-}
-`, port, up.Addr, up.CAFile, klarnaUser, keyVar)
-	}
-	shim.Start(t, m.cfg("KS_KUSTOM_KEY"))
-	return m
+	return startShim(t, shimOpts{globals: "kustom {\n\t\tflush_interval 1s\n\t\tinstance_id test-a\n\t}", metrics: true, cred: "metrics1"})
 }
 
 func send(t *testing.T, base, method, path, host, user, pass string) int {
@@ -76,7 +43,7 @@ func send(t *testing.T, base, method, path, host, user, pass string) int {
 }
 
 func TestMetricsAfterKnownTraffic(t *testing.T) {
-	m := startMetricsShim(t, shimtest.New(t), testupstream.New(t), shimtest.FreePort(t))
+	m := startMetricsShim(t)
 	m.up.Handle(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == "POST" && r.URL.Path == "/checkout/v3/orders":
@@ -167,7 +134,7 @@ func promtoolCheckMetrics(t *testing.T, text string) {
 // TestMetricsBoundedUnderFlood: made-up hosts, order ids, paths and users
 // must not add a single series.
 func TestMetricsBoundedUnderFlood(t *testing.T) {
-	m := startMetricsShim(t, shimtest.New(t), testupstream.New(t), shimtest.FreePort(t))
+	m := startMetricsShim(t)
 	rnd := rand.New(rand.NewSource(1))
 	word := func() string { return fmt.Sprintf("x%08x", rnd.Uint32()) }
 	kinds := []func() (method, path, host, user string){
@@ -214,7 +181,7 @@ func TestMetricsBoundedUnderFlood(t *testing.T) {
 // TestMetricsSurviveReload: a config reload (here with a new Kustom key)
 // keeps the counters and the last-used state, and the new key is used.
 func TestMetricsSurviveReload(t *testing.T) {
-	m := startMetricsShim(t, shimtest.New(t), testupstream.New(t), shimtest.FreePort(t))
+	m := startMetricsShim(t)
 	for i := 0; i < 4; i++ {
 		send(t, m.base, "GET", "/hpp/v1/sessions/s1", "api.klarna.com", klarnaUser, klarnaPassword)
 	}
@@ -223,7 +190,7 @@ func TestMetricsSurviveReload(t *testing.T) {
 	before := m.scrape(t)
 
 	t.Setenv("KS_KUSTOM_KEY_2", "kco_test_api_rotated-key-0005")
-	if err := caddy.Load(shimtest.Adapt(t, m.cfg("KS_KUSTOM_KEY_2")), true); err != nil {
+	if err := caddy.Load(shimtest.Adapt(t, m.config("KS_KUSTOM_KEY_2")), true); err != nil {
 		t.Fatal(err)
 	}
 	mid := m.scrape(t)
@@ -248,10 +215,8 @@ func TestMetricsSurviveReload(t *testing.T) {
 // storage, read back by a restarted shim, and merged with what another
 // instance sharing that storage wrote.
 func TestLastUsedSurvivesRestartAndSharesStorage(t *testing.T) {
-	shim := shimtest.New(t)
-	up := testupstream.New(t)
-	port := shimtest.FreePort(t)
-	m := startMetricsShim(t, shim, up, port)
+	m := startMetricsShim(t)
+	shim := m.shim
 	send(t, m.base, "POST", "/checkout/v3/orders", "api-na.klarna.com", klarnaUser, klarnaPassword)
 	key := map[string]string{"service": "checkout", "from_host": "api-na.klarna.com", "to_host": "api.kustom.co"}
 	before := m.scrape(t)
@@ -287,7 +252,7 @@ func TestLastUsedSurvivesRestartAndSharesStorage(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	shim.Start(t, m.cfg("KS_KUSTOM_KEY"))
+	m.restart(t)
 	after := m.scrape(t)
 	if got := after.Value("kustom_shim_last_used_timestamp_seconds", key); math.Abs(got-seen) > 1e-6 {
 		t.Errorf("after restart last used = %v, want %v (restored from storage)", got, seen)

@@ -47,7 +47,7 @@ func adminLoad(t *testing.T, admin, caddyfile string) {
 // reloadRig is a shim in front of an upstream that records, by the
 // X-Load-Seq of each request, which Authorization it arrived with.
 type reloadRig struct {
-	f       *faultShim
+	f       *env
 	mu      sync.Mutex
 	sawAuth map[int][]string
 	sawAt   map[int]time.Time // when the upstream first got it
@@ -75,7 +75,7 @@ func startReloadRig(t *testing.T, globals string) *reloadRig {
 	t.Setenv("KS_KUSTOM_KEY_3", reloadKey3)
 	rg := &reloadRig{sawAuth: map[int][]string{}, sawAt: map[int]time.Time{}, reloads: []reload{{key: kustomKey}}}
 	up := testupstream.New(t)
-	rg.f = startFaultShim(t, faultShimConfig{up: up, admin: true, globals: globals})
+	rg.f = startFaultShim(t, shimOpts{up: up, admin: true, globals: globals})
 	up.Handle(func(w http.ResponseWriter, r *http.Request) {
 		seq, _ := strconv.Atoi(r.Header.Get("X-Load-Seq"))
 		rg.mu.Lock()
@@ -108,7 +108,7 @@ func (rg *reloadRig) reloadTwice(t *testing.T, wait func(i int)) {
 	} {
 		wait(i)
 		r := reload{key: next.key, begun: time.Now()}
-		next.load(rg.f.cfg(next.envVar))
+		next.load(rg.f.config(next.envVar))
 		r.done, r.seenAtDone = time.Now(), rg.seen.Load()
 		rg.reloads = append(rg.reloads, r)
 	}

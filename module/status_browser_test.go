@@ -21,28 +21,6 @@ import (
 	"github.com/kustomshim/kustomshim/internal/testupstream"
 )
 
-// startStatusShim runs a sidecar shim, as startSidecar does, whose site also
-// has `kustom_status /kustom/status` (ordered first by the directive's own
-// registration, with no `order` option) and whose globals are globals (nil
-// for shim.Globals("")).
-func startStatusShim(t *testing.T, globals func(*shimtest.Shim) string) *env {
-	t.Helper()
-	t.Setenv("KS_KLARNA_PW", klarnaPassword)
-	t.Setenv("KS_KUSTOM_KEY", kustomKey)
-	e := &env{shim: shimtest.New(t), up: testupstream.New(t), port: shimtest.FreePort(t)}
-	e.base = fmt.Sprintf("http://127.0.0.1:%d", e.port)
-	g := e.shim.Globals("")
-	if globals != nil {
-		g = globals(e.shim)
-	}
-	e.shim.Start(t, g+fmt.Sprintf(`
-http://:%d {
-%s	kustom_status /kustom/status
-}
-`, e.port, shopKustom(e.up, "")))
-	return e
-}
-
 // callAPI sends one API call through the shim; host "" is the sidecar form.
 func callAPI(t *testing.T, e *env, host, method, path string) {
 	t.Helper()
@@ -162,8 +140,7 @@ func domRow(dom, name, from string) string {
 // the rows a merchant acts on.
 func TestStatusPageInBrowser(t *testing.T) {
 	bin := chromium(t)
-	closed := testupstream.New(t)
-	closed.Server.Close()
+	closed := testupstream.Down(t)
 	cases := []struct {
 		name, file string
 		up         *testupstream.Upstream
@@ -243,7 +220,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 
 	t.Run("status page is never proxied; methods", func(t *testing.T) {
-		e := startStatusShim(t, nil)
+		e := startShim(t, shimOpts{status: true})
 		if d := getStatusJSON(t, e.base+"/kustom/status?format=json", map[string]string{}); len(d.Services) != 5 {
 			t.Errorf("?format=json: %+v", d)
 		}

@@ -3,7 +3,6 @@ package module_test
 import (
 	"crypto/tls"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -96,27 +95,6 @@ func getStatusJSONCode(t *testing.T, url string, hdr map[string]string, code int
 	return doc
 }
 
-// startSwitchShim runs a shim whose site has the status page (with status
-// options) and metrics before a kustom handler on up with shop1 and extra
-// options.
-func startSwitchShim(t *testing.T, up *testupstream.Upstream, statusOpts, extra string) *env {
-	t.Helper()
-	t.Setenv("KS_KLARNA_PW", klarnaPassword)
-	t.Setenv("KS_KUSTOM_KEY", kustomKey)
-	e := &env{shim: shimtest.New(t), up: up, port: shimtest.FreePort(t)}
-	e.base = fmt.Sprintf("http://127.0.0.1:%d", e.port)
-	status := "\tkustom_status /kustom/status\n"
-	if statusOpts != "" {
-		status = "\tkustom_status /kustom/status {\n" + indent(statusOpts) + "\t}\n"
-	}
-	e.shim.Start(t, e.shim.Globals("kustom {\n\t\tflush_interval 1s\n\t}")+fmt.Sprintf(`
-http://:%d {
-%s	metrics /metrics
-%s}
-`, e.port, status, shopKustom(up, extra)))
-	return e
-}
-
 // kustomKeyGet sends what an app that already switched sends: its own
 // Kustom key, alone, as Kustom documents it.
 func kustomKeyGet(t *testing.T, c *http.Client, url, host string) int {
@@ -187,9 +165,7 @@ func TestSwitchStatusEndToEnd(t *testing.T) {
 	})
 
 	t.Run("Kustom unreachable: failing, with the reason", func(t *testing.T) {
-		up := testupstream.New(t)
-		up.Server.Close()
-		e := startSwitchShim(t, up, "", "")
+		e := startSwitchShim(t, testupstream.Down(t), "", "")
 		if code := send(t, e.base, "GET", "/checkout/v3/orders/ord-1", "", klarnaUser, klarnaPassword); code != http.StatusBadGateway {
 			t.Fatalf("status %d, want 502", code)
 		}

@@ -5,16 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/kustomshim/kustomshim/internal/shimtest"
 	"github.com/kustomshim/kustomshim/internal/testupstream"
 )
 
@@ -75,8 +74,11 @@ func TestExampleStartsWithoutSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	cfg := strings.ReplaceAll(string(example), ":8080", fmt.Sprintf(":%d", port))
+	config := func(ports []int) string {
+		return strings.ReplaceAll(string(example), ":8080", fmt.Sprintf(":%d", ports[0]))
+	}
+	first := shimtest.Port(t)
+	cfg := config([]int{first})
 	if cfg == string(example) {
 		t.Fatal("the example no longer listens on :8080; update this test")
 	}
@@ -88,27 +90,11 @@ func TestExampleStartsWithoutSecrets(t *testing.T) {
 		t.Fatalf("validate: exit %d\n%s", code, out)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	home := t.TempDir()
-	cmd := exec.CommandContext(ctx, bin, "run", "--config", path)
-	cmd.Env = []string{"HOME=" + home, "XDG_DATA_HOME=" + home, "XDG_CONFIG_HOME=" + home}
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-
-	url := fmt.Sprintf("http://127.0.0.1:%d/payments/v1/sessions", port)
-	var resp *http.Response
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if resp, err = http.Get(url); err == nil {
-			break
-		}
-	}
+	p := shimtest.StartProcess(t, bin, nil, []int{first}, config)
+	port := p.Ports[0]
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/payments/v1/sessions", port))
 	if err != nil {
-		t.Fatalf("the example never answered: %v\n%s", err, logs.String())
+		t.Fatalf("the example does not answer: %v\n%s", err, p.Out.String())
 	}
 	resp.Body.Close()
 	// With no credential configured, a Klarna Payments path is still refused
@@ -137,13 +123,15 @@ func TestExampleStartsWithoutSecrets(t *testing.T) {
 	}
 	// The admin API is a unix socket only this user can open, and
 	// kustom-status finds it without flags.
-	sock := filepath.Join(home, ".kustom-shim-admin.sock")
+	sock := filepath.Join(p.Home, ".kustom-shim-admin.sock")
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm()&0o077 != 0 {
 		t.Errorf("admin socket %s: %v %v", sock, fi, err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	st := exec.CommandContext(ctx, bin, "kustom-status")
-	st.Env = cmd.Env
+	st.Env = p.Cmd.Env
 	out, err := st.CombinedOutput()
 	if code := st.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "Not enough evidence yet") {
 		t.Errorf("kustom-status without flags: exit %d %v\n%s", code, err, out)
@@ -226,79 +214,26 @@ func TestKustomVerify(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// shimProcess is a kustom-shim started with `run` on a site port and an
+// admin port (Ports[0] and [1]), stopped when the test ends.
+type shimProcess struct{ *shimtest.Process }
 
-// shimProcess is a kustom-shim started with `run`, stopped when the test ends.
-type shimProcess struct {
-	port, admin int
-	logs        *strings.Builder
-	stop        func() // graceful stop; also run when the test ends
-}
+func (p *shimProcess) port() int  { return p.Ports[0] }
+func (p *shimProcess) admin() int { return p.Ports[1] }
 
-func startProcess(t *testing.T, caddyfile string, port, admin int) *shimProcess {
+// startProcess starts config on the ports given (nil or 0: new ones; see
+// shimtest.Port), or on new ones if something took them.
+func startProcess(t *testing.T, ports []int, config func(port, admin int) string) *shimProcess {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "Caddyfile")
-	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
-		t.Fatal(err)
+	if ports == nil {
+		ports = make([]int, 2)
 	}
-	home := t.TempDir()
-	cmd := exec.Command(bin, "run", "--config", path)
-	cmd.Env = []string{"HOME=" + home, "XDG_DATA_HOME=" + home, "XDG_CONFIG_HOME=" + home}
-	p := &shimProcess{port: port, admin: admin, logs: new(strings.Builder)}
-	var logMu sync.Mutex
-	cmd.Stdout = lockedWriter{&logMu, p.logs}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	p.stop = func() {
-		once.Do(func() {
-			// SIGINT: a graceful stop, which writes the last-used state.
-			_ = cmd.Process.Signal(os.Interrupt)
-			done := make(chan struct{})
-			go func() { _ = cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				_ = cmd.Process.Kill()
-			}
-		})
-	}
-	t.Cleanup(p.stop)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kustom-shim did not start:\n%s", p.logs.String())
-		}
-	}
-}
-
-// lockedWriter serialises the process' stdout and stderr into one log.
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
+	return &shimProcess{shimtest.StartProcess(t, bin, nil, ports, func(p []int) string { return config(p[0], p[1]) })}
 }
 
 func (p *shimProcess) get(t *testing.T, host, path string) int {
 	t.Helper()
-	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", p.port, path), nil)
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", p.port(), path), nil)
 	req.Host = host
 	req.SetBasicAuth("K1_app", "their-own-password")
 	resp, err := http.DefaultClient.Do(req)
@@ -309,8 +244,16 @@ func (p *shimProcess) get(t *testing.T, host, path string) int {
 	return resp.StatusCode
 }
 
-func fleetConfig(up *testupstream.Upstream, storage, instance string, port, admin int) string {
-	return fmt.Sprintf(`{
+// fleetConfig is one shim of a fleet sharing storage, keeping callers' own
+// credentials; with prom, it also has /metrics, which that Prometheus
+// scrapes, and a status page built from that Prometheus.
+func fleetConfig(up *testupstream.Upstream, storage, instance, prom string) func(port, admin int) string {
+	status := ""
+	if prom != "" {
+		status = fmt.Sprintf("\tmetrics /metrics\n\tkustom_status /kustom/status {\n\t\tprometheus %s\n\t\twindow 10m\n\t}\n", prom)
+	}
+	return func(port, admin int) string {
+		return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	storage file_system %s
 	kustom {
@@ -321,7 +264,7 @@ func fleetConfig(up *testupstream.Upstream, storage, instance string, port, admi
 
 :%d {
 	bind 127.0.0.1
-	kustom {
+%s	kustom {
 		unknown_credentials keep
 		upstream https://%s
 		transport http {
@@ -329,7 +272,8 @@ func fleetConfig(up *testupstream.Upstream, storage, instance string, port, admi
 		}
 	}
 }
-`, admin, storage, instance, port, up.Addr, up.CAFile)
+`, admin, storage, instance, port, status, up.Addr, up.CAFile)
+	}
 }
 
 // TestKustomStatusFromRunningShim: the terminal table and exit status of a
@@ -338,10 +282,9 @@ func fleetConfig(up *testupstream.Upstream, storage, instance string, port, admi
 // an app calls a Klarna host (1), and a shim that cannot be asked (3).
 func TestKustomStatusFromRunningShim(t *testing.T) {
 	up := testupstream.New(t)
-	port, admin := freePort(t), freePort(t)
-	p := startProcess(t, fleetConfig(up, t.TempDir(), "solo", port, admin), port, admin)
+	p := startProcess(t, nil, fleetConfig(up, t.TempDir(), "solo", ""))
 	status := func() (string, int) {
-		return run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", admin), "--window", "2s")
+		return run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", p.admin()), "--window", "2s")
 	}
 
 	out, code := status()
@@ -399,10 +342,8 @@ func TestKustomStatusFromRunningShim(t *testing.T) {
 func TestFleetSharesLastUsed(t *testing.T) {
 	up := testupstream.New(t)
 	storage := t.TempDir()
-	pa, aa := freePort(t), freePort(t)
-	pb, ab := freePort(t), freePort(t)
-	a := startProcess(t, fleetConfig(up, storage, "shim-a", pa, aa), pa, aa)
-	startProcess(t, fleetConfig(up, storage, "shim-b", pb, ab), pb, ab)
+	a := startProcess(t, nil, fleetConfig(up, storage, "shim-a", ""))
+	b := startProcess(t, nil, fleetConfig(up, storage, "shim-b", ""))
 
 	if got := a.get(t, "api-oc.klarna.com", "/settlements/v1/payouts"); got != 200 {
 		t.Fatalf("status %d", got)
@@ -410,7 +351,7 @@ func TestFleetSharesLastUsed(t *testing.T) {
 	// B never saw that call; within a few flush intervals it reports it.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		out, _ := run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", ab))
+		out, _ := run(t, nil, "kustom-status", "--address", fmt.Sprintf("127.0.0.1:%d", b.admin()))
 		if strings.Contains(out, "api-oc.klarna.com") {
 			break
 		}

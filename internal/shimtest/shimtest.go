@@ -6,7 +6,6 @@ package shimtest
 import (
 	"crypto/tls"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -96,7 +95,8 @@ func Adapt(t testing.TB, caddyfile string) []byte {
 }
 
 // Start loads the Caddyfile (which should begin with s.Globals) and stops
-// Caddy when the test ends.
+// Caddy when the test ends. It is for a reload, on ports the running config
+// already holds; a first start on ports of its own is StartPorts'.
 func (s *Shim) Start(t testing.TB, caddyfile string) {
 	t.Helper()
 	if err := caddy.Load(Adapt(t, caddyfile), true); err != nil {
@@ -123,17 +123,6 @@ func LoadError(t testing.TB, caddyfile string) error {
 	return nil
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Logs returns the contents of a log file ("" if it does not exist yet).
 func Logs(path string) string {
 	b, _ := os.ReadFile(path)
@@ -150,17 +139,31 @@ func Client() *http.Client {
 	}
 }
 
-// WaitFor polls cond until it holds or the deadline passes.
+// WaitFor polls cond until it holds or the deadline passes, and fails the
+// test then. It is for a condition outside the test's control that nothing
+// signals (a file Caddy writes in the background, a certificate it issues, a
+// process starting); an event the test itself can see coming is waited for
+// on a channel instead.
 func WaitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
+	if !Poll(d, cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// Poll is WaitFor that reports the timeout instead of failing: it tries cond
+// every 20 ms until it holds (true) or d has passed (false).
+func Poll(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
+	for {
 		if cond() {
-			return
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("timed out waiting for %s", what)
 }
 
 // Contains reports whether any of the needles occurs in hay (for leak checks).

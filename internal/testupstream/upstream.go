@@ -51,16 +51,9 @@ func New(t testing.TB, hosts ...string) *Upstream {
 	if len(hosts) == 0 {
 		hosts = DefaultHosts
 	}
-	ca, err := testcerts.NewCA("kustom-shim test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, caFile := newCA(t)
 	leaf, err := ca.Leaf(hosts...)
 	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	u := &Upstream{CAFile: caFile}
@@ -69,6 +62,8 @@ func New(t testing.TB, hosts ...string) *Upstream {
 		w.Header().Set("Klarna-Correlation-Id", "upstream-correlation-id")
 		_, _ = io.WriteString(w, `{"ok":true}`)
 	}
+	// httptest binds 127.0.0.1:0 and serves on that listener: the port is
+	// the kernel's choice and never closed while the test runs.
 	s := httptest.NewUnstartedServer(http.HandlerFunc(u.serve))
 	s.EnableHTTP2 = true
 	s.TLS = &tls.Config{Certificates: []tls.Certificate{leaf}}
@@ -77,6 +72,32 @@ func New(t testing.TB, hosts ...string) *Upstream {
 	u.Server = s
 	u.Addr = s.Listener.Addr().String()
 	return u
+}
+
+// Down returns an upstream that is not there, for "Kustom unreachable": its
+// Addr is a loopback port held bound but not listening until the test ends,
+// so that every dial is refused, and nothing else (another test's server, an
+// outgoing connection) can take the port meanwhile, as it could a port that
+// was closed (a stopped server's, or one that was free a moment ago). Its
+// CAFile is a CA's like New's, so that a config trusting it loads; Server is
+// nil, and it records nothing.
+func Down(t testing.TB) *Upstream {
+	t.Helper()
+	_, caFile := newCA(t)
+	return &Upstream{Addr: refusingAddr(t), CAFile: caFile}
+}
+
+func newCA(t testing.TB) (*testcerts.CA, string) {
+	t.Helper()
+	ca, err := testcerts.NewCA("kustom-shim test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return ca, caFile
 }
 
 // Handle replaces the response behaviour. The request body has already been
