@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/run.sh: kustom-shim against stock Caddy and nginx, side by side, in
-# one run, against one local TLS test upstream (issue 6). See bench/README.md.
+# one run, against one local TLS test upstream. See bench/README.md for the goals.
 #
 #   bash bench/run.sh
 #

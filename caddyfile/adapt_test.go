@@ -42,6 +42,40 @@ const (
 // result with the JSON below its separator line, as Caddy's own
 // caddytest/integration/caddyfile_adapt_test.go does.
 func TestAdapt(t *testing.T) {
+	eachGolden(t, func(t *testing.T, path, data, caddyfile, expected string) {
+		if strings.TrimSuffix(filepath.Base(path), ".caddyfiletest") == exampleGolden {
+			example, err := os.ReadFile(examplePath)
+			if err != nil {
+				t.Fatalf("%s copies %s: %v", path, examplePath, err)
+			}
+			want := strings.TrimSpace(windowsNewlines.ReplaceAllString(string(example), "\n")) + "\n"
+			if caddyfile != want {
+				if !*update {
+					t.Fatalf("%s is not a copy of %s any more; run with -update and check the JSON", path, examplePath)
+				}
+				caddyfile = want
+			}
+		}
+		if *update {
+			actual := adaptIndented(t, caddyfile)
+			out := caddyfile + goldenSeparator + "\n" + actual + "\n"
+			if out != data {
+				if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("updated %s", path)
+			}
+			return
+		}
+		if !caddytest.CompareAdapt(t, path, caddyfile, "caddyfile", expected) {
+			t.Errorf("%s: adapted JSON differs from the golden file (see the diff above; run with -update to accept it)", path)
+		}
+	})
+}
+
+// eachGolden runs check as a subtest for every testdata/*.caddyfiletest,
+// with the file's contents split at its separator.
+func eachGolden(t *testing.T, check func(t *testing.T, path, data, caddyfile, expected string)) {
 	files, err := filepath.Glob(filepath.Join("testdata", "*.caddyfiletest"))
 	if err != nil {
 		t.Fatal(err)
@@ -59,33 +93,7 @@ func TestAdapt(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
 			}
-			if strings.TrimSuffix(filepath.Base(path), ".caddyfiletest") == exampleGolden {
-				example, err := os.ReadFile(examplePath)
-				if err != nil {
-					t.Fatalf("%s copies %s: %v", path, examplePath, err)
-				}
-				want := strings.TrimSpace(windowsNewlines.ReplaceAllString(string(example), "\n")) + "\n"
-				if caddyfile != want {
-					if !*update {
-						t.Fatalf("%s is not a copy of %s any more; run with -update and check the JSON", path, examplePath)
-					}
-					caddyfile = want
-				}
-			}
-			if *update {
-				actual := adaptIndented(t, caddyfile)
-				out := caddyfile + goldenSeparator + "\n" + actual + "\n"
-				if out != string(data) {
-					if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
-						t.Fatal(err)
-					}
-					t.Logf("updated %s", path)
-				}
-				return
-			}
-			if !caddytest.CompareAdapt(t, path, caddyfile, "caddyfile", expected) {
-				t.Errorf("%s: adapted JSON differs from the golden file (see the diff above; run with -update to accept it)", path)
-			}
+			check(t, path, string(data), caddyfile, expected)
 		})
 	}
 }

@@ -2,7 +2,6 @@ package caddyfile_test
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -33,38 +32,21 @@ var envPlaceholder = regexp.MustCompile(`\{env\.([A-Za-z_][A-Za-z0-9_]*)\}`)
 // the network nor the home directory. Not parallel: Caddy's config state is
 // process-wide.
 func TestGoldenProvisions(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.caddyfiletest"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata/*.caddyfiletest files")
-	}
-	for _, path := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(path), ".caddyfiletest"), func(t *testing.T) {
-			data, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, expected, err := splitGolden(string(data))
-			if err != nil {
-				t.Fatalf("%s: %v", path, err)
-			}
-			dir := shimtest.New(t).Dir // also points XDG_DATA_HOME and XDG_CONFIG_HOME there
-			for _, m := range envPlaceholder.FindAllStringSubmatch(expected, -1) {
-				// Valid for every field: no ':' (usernames), no line break.
-				t.Setenv(m[1], "golden-"+strings.ToLower(m[1]))
-			}
-			var cfg caddy.Config
-			if err := json.Unmarshal([]byte(expected), &cfg); err != nil {
-				t.Fatalf("%s: decoding the JSON half: %v", path, err)
-			}
-			hermetic(t, &cfg, dir)
-			if err := caddy.Validate(&cfg); err != nil {
-				t.Errorf("%s adapts but does not provision: %v", path, err)
-			}
-		})
-	}
+	eachGolden(t, func(t *testing.T, path, _, _, expected string) {
+		dir := shimtest.New(t).Dir // also points XDG_DATA_HOME and XDG_CONFIG_HOME there
+		for _, m := range envPlaceholder.FindAllStringSubmatch(expected, -1) {
+			// Valid for every field: no ':' (usernames), no line break.
+			t.Setenv(m[1], "golden-"+strings.ToLower(m[1]))
+		}
+		var cfg caddy.Config
+		if err := json.Unmarshal([]byte(expected), &cfg); err != nil {
+			t.Fatalf("%s: decoding the JSON half: %v", path, err)
+		}
+		hermetic(t, &cfg, dir)
+		if err := caddy.Validate(&cfg); err != nil {
+			t.Errorf("%s adapts but does not provision: %v", path, err)
+		}
+	})
 }
 
 // hermetic points cfg's storage and default log into dir and turns the admin

@@ -1527,15 +1527,7 @@ func waitHealthy(t *testing.T, p *shimProcess, url string) {
 
 func runCommand(t *testing.T, bin string, env []string, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = env
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("kustom-shim %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return runCommandCode(t, bin, env, 0, args...)
 }
 
 // runCommandCode runs the binary and fails the test unless it exits with

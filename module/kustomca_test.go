@@ -35,6 +35,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kustomshim/kustomshim/internal/shimtest"
+	"github.com/kustomshim/kustomshim/internal/testcerts"
 	"github.com/kustomshim/kustomshim/internal/testupstream"
 	"github.com/kustomshim/kustomshim/module"
 )
@@ -111,19 +112,12 @@ func caddyLikeIntermediate(t *testing.T, root *x509.Certificate, rootKey crypto.
 
 // leafFor is a TLS server certificate for names (DNS names or IP addresses).
 func leafFor(t *testing.T, parent *x509.Certificate, parentKey crypto.Signer, names ...string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	tmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: names[0]},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	t.Helper()
+	cert, key, err := testcerts.SignLeaf(parent, parentKey, names...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	return issue(t, tmpl, parent, parentKey)
+	return cert, key
 }
 
 // TestKustomCAHosts: the permitted list is the host map's eight hosts plus

@@ -4,6 +4,7 @@
 package testcerts
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -58,9 +59,20 @@ func (ca *CA) PEM() []byte {
 
 // Leaf issues a server certificate for hosts (names or IP addresses).
 func (ca *CA) Leaf(hosts ...string) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, key, err := SignLeaf(ca.Cert, ca.key, hosts...)
 	if err != nil {
 		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key}, nil
+}
+
+// SignLeaf issues a server certificate for hosts (names or IP addresses)
+// under any parent, such as a name-constrained root or an intermediate whose
+// constraints a test checks.
+func SignLeaf(parent *x509.Certificate, parentKey crypto.Signer, hosts ...string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial.Add(1)),
@@ -77,9 +89,10 @@ func (ca *CA) Leaf(hosts ...string) (tls.Certificate, error) {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
-		return tls.Certificate{}, err
+		return nil, nil, err
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	cert, err := x509.ParseCertificate(der)
+	return cert, key, err
 }
