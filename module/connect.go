@@ -47,14 +47,16 @@ const (
 	tunnelHandshakeTimeout = 10 * time.Second
 	tunnelHeaderTimeout    = 30 * time.Second
 	tunnelIdleTimeout      = 2 * time.Minute
-	// tunnelMaxLifetime ends a busy tunnel too (its idle timer restarts on
-	// every call), so that no tunnel outlives a change that missed it by
-	// more than this. HTTP clients reconnect without the app noticing.
-	tunnelMaxLifetime = 10 * time.Minute
 	// tunnelDrainTimeout bounds how long a closing tunnel waits for the
 	// call in flight before the connection is cut.
 	tunnelDrainTimeout = 30 * time.Second
 )
+
+// tunnelMaxLifetime ends a busy tunnel too (its idle timer restarts on
+// every call), so that no tunnel outlives a change that missed it by more
+// than this. HTTP clients reconnect without the app noticing. A variable
+// only so that a test can shorten it.
+var tunnelMaxLifetime = 10 * time.Minute
 
 // tunnelCtxKey marks a request that arrived inside an intercepted tunnel;
 // its value is the host the tunnel was opened (and authorised) for. Only
@@ -156,7 +158,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, rq *reque
 // with the host's certificate, then HTTP/1.1 or HTTP/2 (by ALPN) served by
 // the Caddy server, so that routes, logs, metrics and the kustom handler
 // treat the requests as addressed to that host.
-func (c *connectIntercept) serveTunnel(conn net.Conn, host string, srv *caddyhttp.Server) {
+func (c *connectIntercept) serveTunnel(conn net.Conn, host string, srv http.Handler) {
 	tlsConn := tls.Server(conn, c.tlsConfig)
 	ctx, cancel := context.WithTimeout(context.Background(), tunnelHandshakeTimeout)
 	err := tlsConn.HandshakeContext(ctx)
