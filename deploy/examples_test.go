@@ -1881,3 +1881,40 @@ func runEndToEnd(t *testing.T, bin string, s e2eSetup, orig sites, cfgPath strin
 	}
 	p.stop(t)
 }
+
+// TestConfigsBoundBodyReads: every config a user starts from sets a body
+// read timeout on every server, so that a client that sends its headers and
+// then trickles its body cannot hold a connection and a goroutine forever,
+// and keeps its admin API off TCP.
+func TestConfigsBoundBodyReads(t *testing.T) {
+	for _, name := range []string{"../Caddyfile.example", k8sCaddyfile, systemdCaddyfile} {
+		body, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := adapt(t, name, body)
+		var cfg struct {
+			Admin struct {
+				Listen string `json:"listen"`
+			} `json:"admin"`
+			Apps struct {
+				HTTP struct {
+					Servers map[string]struct {
+						ReadTimeout int64 `json:"read_timeout"`
+					} `json:"servers"`
+				} `json:"http"`
+			} `json:"apps"`
+		}
+		if err := json.Unmarshal(out, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(cfg.Admin.Listen, "unix/") {
+			t.Errorf("%s: admin API on %q, want a unix socket", name, cfg.Admin.Listen)
+		}
+		for srv, s := range cfg.Apps.HTTP.Servers {
+			if s.ReadTimeout <= 0 || s.ReadTimeout > int64(time.Minute) {
+				t.Errorf("%s: server %s has read_timeout %v, want a bound of at most a minute", name, srv, time.Duration(s.ReadTimeout))
+			}
+		}
+	}
+}
