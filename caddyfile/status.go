@@ -21,6 +21,7 @@ func init() {
 //	kustom_status [<matcher>] {
 //	    window <duration>
 //	    prometheus <url>
+//	    prometheus_match <label matchers>
 //	}
 //
 // The duration takes any caddy.ParseDuration form (90m, 24h, 7d); default 7d.
@@ -44,6 +45,10 @@ func parseKustomStatus(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 		case "prometheus":
 			if !d.AllArgs(&s.Prometheus) {
 				return nil, d.Err("kustom_status: prometheus: wrong number of arguments, expected `prometheus <url>`")
+			}
+		case "prometheus_match":
+			if !d.AllArgs(&s.PrometheusMatch) {
+				return nil, d.Err("kustom_status: prometheus_match: wrong number of arguments, expected one list of label matchers in backquotes, such as `job=\"kustom-shim\"`")
 			}
 		case "window":
 			var v string

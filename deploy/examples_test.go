@@ -1561,6 +1561,25 @@ func runCommandCode(t *testing.T, bin string, env []string, want int, args ...st
 func fakePrometheus(t *testing.T) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v1/query_range" {
+			// The fleet present at every step: unbroken coverage.
+			start, _ := strconv.ParseFloat(r.FormValue("start"), 64)
+			end, _ := strconv.ParseFloat(r.FormValue("end"), 64)
+			step, _ := time.ParseDuration(r.FormValue("step"))
+			if step <= 0 {
+				if f, err := strconv.ParseFloat(r.FormValue("step"), 64); err == nil {
+					step = time.Duration(f * float64(time.Second))
+				}
+			}
+			var values [][2]any
+			for ts := start; step > 0 && ts <= end; ts += step.Seconds() {
+				values = append(values, [2]any{ts, "1"})
+			}
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(map[string]any{"status": "success",
+				"data": map[string]any{"resultType": "matrix", "result": []map[string]any{{"metric": map[string]string{}, "values": values}}}})
+			return
+		}
 		if r.URL.Path != "/api/v1/query" {
 			http.NotFound(w, r)
 			return

@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -39,15 +38,19 @@ type App struct {
 	// machine; set it when several instances share a data directory.
 	InstanceID string `json:"instance_id,omitempty"`
 
-	tracker  *atomic.Pointer[Tracker] // one per process across reloads; see Start
-	storage  certmagic.Storage
-	instance string
-	logger   *zap.Logger
-	stop     chan struct{}
-	done     chan struct{}
-	manage   []managed // certificates to have Caddy's tls app manage at start
+	tracker   *Tracker  // one per process across reloads; see Provision
+	prev      *App      // the app this one replaced, restored if this one stops first
+	running   bool      // between Start and Stop, under currentMu
+	lastWrite time.Time // of this instance's state file
+	storage   certmagic.Storage
+	instance  string
+	logger    *zap.Logger
+	stop      chan struct{}
+	done      chan struct{}
+	manage    []managed // certificates to have Caddy's tls app manage at start
 
-	oldStates map[string]bool // state-file keys of an older shape, logged once (sync runs one at a time)
+	oldStates  map[string]bool // state-file keys of an older shape, logged once (sync runs one at a time)
+	gapNoticed bool
 }
 
 type managed struct {
@@ -99,8 +102,16 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("instance_id: %q must be 1-128 letters, digits, '.', '_' or '-'", a.instance)
 	}
 	a.storage = ctx.Storage()
-	a.tracker = new(atomic.Pointer[Tracker])
-	a.tracker.Store(NewTracker(time.Now()))
+	// A reload records into the running config's tracker from the moment
+	// this config's handlers exist (they may serve before this app
+	// starts, and the old config's in-flight calls and draining tunnels
+	// finish after): one tracker per process, so no call lands where
+	// nobody reads and nothing is copied twice.
+	if prev := currentApp(); prev != nil {
+		a.tracker = prev.tracker
+	} else {
+		a.tracker = NewTracker(time.Now())
+	}
 	registerMetrics(ctx.GetMetricsRegistry())
 	return nil
 }
@@ -131,18 +142,7 @@ func (a *App) Start() error {
 		}
 	}
 	currentMu.Lock()
-	if prev := current; prev != nil {
-		// A reload: the new config records into the outgoing one's
-		// tracker, so that calls the old config still finishes (its
-		// in-flight requests, its tunnels while they drain) land where the
-		// status page and the next write read, and nothing is copied
-		// twice. What this config's handlers recorded before it started
-		// moves over first.
-		kept := prev.Tracker()
-		kept.MergeLocal(a.Tracker().Local())
-		a.tracker.Store(kept)
-	}
-	current = a
+	a.prev, current, a.running = current, a, true
 	currentMu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -162,9 +162,16 @@ func (a *App) Stop() error {
 	defer cancel()
 	err := a.sync(ctx, true)
 	currentMu.Lock()
+	a.running = false
 	if current == a {
+		// A reload that failed after this app started leaves the config
+		// it replaced running: that one is current again.
 		current = nil
+		if a.prev != nil && a.prev.running {
+			current = a.prev
+		}
 	}
+	a.prev = nil
 	currentMu.Unlock()
 	return err
 }
@@ -187,15 +194,15 @@ func (a *App) loop() {
 
 // Usage is the evidence of this instance and its peers sharing storage,
 // for the status page and metrics.
-func (a *App) Usage() []Usage { return a.Tracker().Merged() }
+func (a *App) Usage() []Usage { return a.tracker.Merged() }
 
 // Report judges that evidence at now over window.
 func (a *App) Report(now time.Time, window time.Duration) StatusReport {
-	return BuildStatus(a.Tracker().Merged(), a.Tracker().FleetObservingSince(), now, window)
+	return BuildStatus(a.tracker.Merged(), a.tracker.FleetObservingSince(), now, window)
 }
 
 // Tracker is where handlers record calls.
-func (a *App) Tracker() *Tracker { return a.tracker.Load() }
+func (a *App) Tracker() *Tracker { return a.tracker }
 
 func (a *App) ownKey() string { return path.Join(stateDir, a.instance+".json") }
 
@@ -204,6 +211,7 @@ func (a *App) ownKey() string { return path.Join(stateDir, a.instance+".json") }
 // own when something changed or force is set. Storage trouble is logged,
 // never fatal: the shim's job is proxying.
 func (a *App) sync(ctx context.Context, force bool) error {
+	now := time.Now()
 	keys, err := a.storage.List(ctx, stateDir, false)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		a.logger.Warn("listing last-used state in storage", zap.Error(err))
@@ -230,31 +238,68 @@ func (a *App) sync(ctx context.Context, force bool) error {
 			a.noticeOldState(k)
 			continue
 		}
+		fresh := a.fresh(st.Written, now)
 		if k == a.ownKey() {
-			a.Tracker().MergeLocal(st.Usage)
-			a.Tracker().KeepObservingSince(st.ObservingSince)
+			a.tracker.MergeLocal(st.Usage)
+			if fresh {
+				a.tracker.KeepObservingSince(st.ObservingSince)
+			} else {
+				a.noticeGap(st.Written, now)
+			}
 			continue
 		}
+		// A peer's rows count whatever their age (they can only add calls
+		// and blockers); its observation only while it is alive: a retired
+		// or stopped instance's file says nothing about the time since.
 		peers = append(peers, st.Usage...)
-		if s := st.ObservingSince; !s.IsZero() && (peerSince.IsZero() || s.Before(peerSince)) {
+		if s := st.ObservingSince; fresh && !s.IsZero() && (peerSince.IsZero() || s.Before(peerSince)) {
 			peerSince = s
 		}
 	}
-	a.Tracker().SetPeers(peers, peerSince)
+	a.tracker.SetPeers(peers, peerSince)
 
-	if !a.Tracker().TakeDirty() && !force {
+	// The file's written time is this instance's heartbeat, so it is
+	// rewritten at least every stateHeartbeat even when nothing happened.
+	if !a.tracker.TakeDirty() && !force && now.Sub(a.lastWrite) < stateHeartbeat {
 		return nil
 	}
-	b, err := encodeState(a.instance, time.Now(), a.Tracker().ObservingSince(), a.Tracker().Local())
+	b, err := encodeState(a.instance, now, a.tracker.ObservingSince(), a.tracker.Local())
 	if err != nil {
 		return err
 	}
 	if err := a.storage.Store(ctx, a.ownKey(), b); err != nil {
-		a.Tracker().dirty.Store(true) // try again next time
+		a.tracker.dirty.Store(true) // try again next time
 		a.logger.Error("writing last-used state to storage", zap.Error(err))
 		return err
 	}
+	a.lastWrite = now
 	return nil
+}
+
+// Observation must be unbroken: an instance that was down, or whose file
+// was not rewritten, for longer than ObservationGap did not see the calls
+// of that time, so its earlier observation no longer counts.
+const (
+	ObservationGap = 15 * time.Minute
+	stateHeartbeat = ObservationGap / 3
+)
+
+// fresh tells whether a state file written at written still vouches for
+// unbroken observation at now: not older than the gap (three flushes at
+// least), and not from a clock running ahead by more than that.
+func (a *App) fresh(written, now time.Time) bool {
+	tolerance := max(ObservationGap, 3*time.Duration(a.FlushInterval))
+	return !written.IsZero() && now.Sub(written) <= tolerance && written.Sub(now) <= tolerance
+}
+
+// noticeGap logs, once, that this instance's own observation restarts.
+func (a *App) noticeGap(written, now time.Time) {
+	if a.gapNoticed {
+		return
+	}
+	a.gapNoticed = true
+	a.logger.Info("this instance's state was last written too long ago: its observation of calls starts afresh",
+		zap.Time("last_written", written), zap.Duration("gap", now.Sub(written)), zap.Duration("allowed", ObservationGap))
 }
 
 // noticeOldState logs, once per key and app, that a state file of an older

@@ -22,7 +22,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "kustom-status",
-		Usage: "[--prometheus <url>] [--address <admin-api-address>] [--config <path> [--adapter <name>]] [--window <duration>]",
+		Usage: "[--prometheus <url> [--prometheus-match <matchers>]] [--address <admin-api-address>] [--config <path> [--adapter <name>]] [--window <duration>]",
 		Short: "Tells whether the switch to Kustom is complete, with the evidence",
 		Long: `
 Prints the switch status (the same report as the kustom_status page): one
@@ -42,6 +42,7 @@ seen); 3 the status could not be read (shim or Prometheus unreachable).
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().String("prometheus", "", "Build the fleet's report from this Prometheus server (http://host:9090)")
+			cmd.Flags().String("prometheus-match", "", `With --prometheus: label matchers for this fleet's series, such as job="kustom-shim"`)
 			cmd.Flags().String("address", "", "The address of the running shim's admin API")
 			cmd.Flags().StringP("config", "c", "", "Configuration file, to find the admin address in")
 			cmd.Flags().StringP("adapter", "a", "", "Name of config adapter to apply")
@@ -173,8 +174,11 @@ func DefaultAdminSocket() string {
 func fetchStatus(fl caddycmd.Flags, window time.Duration) (StatusReport, error) {
 	if u := fl.String("prometheus"); u != "" {
 		p, err := NewPrometheusSource(u)
+		if err == nil {
+			p, err = p.WithMatch(fl.String("prometheus-match"))
+		}
 		if err != nil {
-			return StatusReport{}, fmt.Errorf("--%v", err)
+			return StatusReport{}, fmt.Errorf("--%v", strings.Replace(err.Error(), "_", "-", 1))
 		}
 		return p.Report(context.Background(), time.Now(), window), nil
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -203,6 +204,12 @@ func (c *connectIntercept) serveTunnel(conn net.Conn, host string, srv http.Hand
 	// The *tls.Conn itself goes to Serve, so that requests carry r.TLS and
 	// ALPN "h2" gets the HTTP/2 server.
 	_ = inner.Serve(l)
+	if !l.handedOut() {
+		// The config closed between track and Serve: Serve returned
+		// without taking the connection, which is ours to close. Once
+		// taken, the server closes it when its last call is done.
+		tlsConn.Close()
+	}
 }
 
 // track registers a tunnel's server, unless the config is closing.
@@ -279,6 +286,7 @@ func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 type oneConnListener struct {
 	conn     net.Conn
 	accepted sync.Once
+	taken    atomic.Bool
 	closed   sync.Once
 	ch       chan struct{}
 }
@@ -289,13 +297,16 @@ func newOneConnListener(c net.Conn) *oneConnListener {
 
 func (l *oneConnListener) Accept() (net.Conn, error) {
 	var c net.Conn
-	l.accepted.Do(func() { c = l.conn })
+	l.accepted.Do(func() { c = l.conn; l.taken.Store(true) })
 	if c != nil {
 		return c, nil
 	}
 	<-l.ch
 	return nil, net.ErrClosed
 }
+
+// handedOut tells whether Serve took the connection.
+func (l *oneConnListener) handedOut() bool { return l.taken.Load() }
 
 func (l *oneConnListener) done()          { l.closed.Do(func() { close(l.ch) }) }
 func (l *oneConnListener) Close() error   { l.done(); return nil }

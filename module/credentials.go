@@ -486,7 +486,7 @@ const maxHashSlots = 2
 // plaintext is never stored and the digest is salted by the hash's own
 // salt. A hash has exactly one matching password (bcrypt is injective on
 // passwords of at most 72 bytes without NUL, the only ones checkHashed
-// hashes; argon2id reads the whole password), so the entry answers every
+// hashes for bcrypt; argon2id reads the whole password), so the entry answers every
 // later attempt against that hash: the same digest is right, any other
 // wrong. Only matches are stored, so only someone who knows a password can
 // add an entry and a flood of guesses can neither fill the cache nor evict
@@ -560,8 +560,9 @@ func passwordDigest(hash string, pass []byte) [sha256.Size]byte {
 // passwordBusy without hashing. ctx ends a wait for another's hash.
 func checkHashed(ctx context.Context, cmp caddyauth.Comparer, hash string, pass []byte) passwordVerdict {
 	// bcrypt reads at most 72 bytes and stops at NUL, so "pw\x00pw" or a
-	// longer password sharing the first 72 bytes would match too.
-	if len(pass) > 72 || bytes.IndexByte(pass, 0) >= 0 {
+	// longer password sharing the first 72 bytes would match too; argon2id
+	// reads the whole password, so any length is checked there.
+	if strings.HasPrefix(hash, "$2") && (len(pass) > 72 || bytes.IndexByte(pass, 0) >= 0) {
 		return passwordWrong
 	}
 	digest := passwordDigest(hash, pass)

@@ -182,6 +182,9 @@ func TestAuthenticateRefusals(t *testing.T) {
 	}
 }
 
+// longPW is a 102-byte password: past bcrypt's 72.
+var longPW = strings.Repeat("long-password-", 7) + "tail"
+
 // TestAuthenticateHashedPasswords: bcrypt and argon2id hashes, as `caddy
 // hash-password` prints them, accept the right password and only it, in a
 // store that mixes them with plaintext credentials.
@@ -192,6 +195,10 @@ func TestAuthenticateHashedPasswords(t *testing.T) {
 		{Name: "bcrypt", KlarnaUsername: "K2_bcrypt", KlarnaPasswordHash: bcryptHash(t, ctHashedPW), KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
 		{Name: "bcrypt2", KlarnaUsername: "K3_bcrypt", KlarnaPasswordHash: bcryptHash(t, ctHashedPW+"2"), KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
 		{Name: "argon", KlarnaUsername: "K4_argon", KlarnaPasswordHash: argon2idHash(t, ctHashedPW), KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
+		// argon2id reads the whole password: one over bcrypt's 72 bytes
+		// is checked, not refused unseen.
+		{Name: "argonlong", KlarnaUsername: "K5_argon", KlarnaPasswordHash: argon2idHash(t, longPW), KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
+		{Name: "bcryptlong", KlarnaUsername: "K6_bcrypt", KlarnaPasswordHash: bcryptHash(t, longPW[:72]), KustomAPIKey: "{env.KSUT_KUSTOM_KEY}"},
 	}, UnknownKeep)
 	swapped := func(name string) AuthOutcome {
 		return AuthOutcome{Credential: name, Result: ResultSwapped, Authorization: "Basic " + ctKustomKey}
@@ -214,6 +221,10 @@ func TestAuthenticateHashedPasswords(t *testing.T) {
 		{"argon2id right", "K4_argon", ctHashedPW, swapped("argon")},
 		{"argon2id wrong", "K4_argon", ctHashedPW + " ", wrong("argon")},
 		{"argon2id right again (cached)", "K4_argon", ctHashedPW, swapped("argon")},
+		{"argon2id, 102 bytes, right", "K5_argon", longPW, swapped("argonlong")},
+		{"argon2id, 102 bytes, one byte off at the end", "K5_argon", longPW[:101] + "!", wrong("argonlong")},
+		{"bcrypt refuses more than its 72 bytes", "K6_bcrypt", longPW, wrong("bcryptlong")},
+		{"bcrypt, its 72 bytes", "K6_bcrypt", longPW[:72], swapped("bcryptlong")},
 		{"plaintext next to hashes", "K1_plain", ctKlarnaPW, swapped("plain")},
 		{"plaintext wrong", "K1_plain", ctHashedPW, wrong("plain")},
 	}
@@ -548,9 +559,15 @@ func TestHashSlotsBoundHashWork(t *testing.T) {
 			if got := decision(s.Authenticate(authRequest(basicHeader("K1_plain", ctKlarnaPW)))); got.Result != ResultSwapped {
 				t.Errorf("plaintext credential with slots taken: %+v, want swapped", got)
 			}
-			// Unchecked passwords that could never match need no slot either.
-			if got := auth(strings.Repeat("x", 73)); got != wrong {
-				t.Errorf("73-byte password: %+v, want %+v", got, wrong)
+			// For bcrypt, passwords that could never match (past its 72
+			// bytes) need no slot either; argon2id reads them whole, so
+			// they wait for a slot like any other.
+			want73 := wrong
+			if c.name == "argon" {
+				want73 = busy
+			}
+			if got := auth(strings.Repeat("x", 73)); got != want73 {
+				t.Errorf("73-byte password: %+v, want %+v", got, want73)
 			}
 			giveBack()
 

@@ -499,6 +499,12 @@ func (h *Handler) answer(w http.ResponseWriter, rq *request, ow *originWriter, e
 // answer (that says nothing about the upstream).
 func recordOutcome(e *UsageEntry, out writeOutcome, err error, r *http.Request) {
 	at := out.HeaderAt
+	if out.Status != 0 && out.Status < 500 && err != nil && !out.TooLarge && r.Context().Err() == nil {
+		// The upstream answered, then its body broke off (a reset or a
+		// closed connection mid-stream): the app did not get the answer.
+		e.Failed(at, FailureUnreachable)
+		return
+	}
 	if out.Status != 0 {
 		switch code := out.Status; {
 		case code == http.StatusUnauthorized || code == http.StatusForbidden:

@@ -312,3 +312,26 @@ func TestHandlerPassthroughKeepsCallerKey(t *testing.T) {
 		t.Errorf("rows %+v", rows)
 	}
 }
+
+// TestHandlerBrokenStreamIsAFailure: an answer whose body breaks off midway
+// reached the app cut short; it is recorded as a failure, not a success.
+func TestHandlerBrokenStreamIsAFailure(t *testing.T) {
+	t.Parallel()
+	up := testupstream.New(t)
+	up.Handle(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100000")
+		w.WriteHeader(200)
+		_, _ = w.Write([]byte(strings.Repeat("x", 1000)))
+		_ = http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	})
+	h, tr := unitHandler(t, up, nil)
+	func() {
+		defer func() { _ = recover() }() // the handler passes the abort on, as Caddy's proxy does
+		serve(h, unitRequest("GET", "/settlements/v1/reports/payout", "localhost", unitUser, unitPass, ""))
+	}()
+	rows := tr.Local()
+	if len(rows) != 1 || !rows[0].LastOK.IsZero() || rows[0].LastFailure != FailureUnreachable {
+		t.Errorf("rows %+v, want one failure and no success", rows)
+	}
+}

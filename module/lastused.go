@@ -128,13 +128,17 @@ func (e *UsageEntry) OK(t time.Time) {
 	e.dirty.Store(true)
 }
 
-// Failed records a call that failed at t.
+// Failed records a call that failed at t. The time and the reason change
+// together, under the entry's lock (failures are the rare path), so that a
+// reader never pairs one failure's time with another's reason.
 func (e *UsageEntry) Failed(t time.Time, f Failure) {
 	ns := t.UnixNano()
+	e.mu.Lock()
 	if ns >= e.failed.Load() {
 		e.failure.Store(failureIndex(f))
+		e.failed.Store(ns)
 	}
-	maxAtomic(&e.failed, ns)
+	e.mu.Unlock()
 	e.dirty.Store(true)
 }
 
@@ -203,12 +207,12 @@ func cleanUserAgent(s string) string {
 }
 
 func (e *UsageEntry) snapshot(k UsageKey) Usage {
-	u := Usage{UsageKey: k, LastUsed: nsTime(e.used.Load()), LastOK: nsTime(e.ok.Load()),
-		LastFailed: nsTime(e.failed.Load())}
+	u := Usage{UsageKey: k, LastUsed: nsTime(e.used.Load()), LastOK: nsTime(e.ok.Load())}
+	e.mu.Lock()
+	u.LastFailed = nsTime(e.failed.Load())
 	if !u.LastFailed.IsZero() {
 		u.LastFailure = failures[e.failure.Load()]
 	}
-	e.mu.Lock()
 	u.Clients = append([]Client(nil), e.clients...)
 	e.mu.Unlock()
 	return u

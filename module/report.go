@@ -240,12 +240,24 @@ func recent(t, now time.Time, window time.Duration) bool {
 	return !t.IsZero() && now.Sub(t) <= window
 }
 
+// ClockSkewTolerance is how far ahead of this clock another instance's
+// evidence may be and still be ordered against ours. A success stamped
+// further in the future cannot be ordered against a failure, so it is not
+// taken as evidence that calls work.
+const ClockSkewTolerance = time.Minute
+
+// AnswerGrace is how long a call may go unanswered before the row counts as
+// failing: longer than the upstream's default response-header timeout. A
+// row whose latest calls got no answer at all (the apps gave up first) must
+// not read as working on the strength of an older success.
+const AnswerGrace = DefaultResponseHeaderTimeout + 30*time.Second
+
 // RowStateOf is the state of one row's evidence at now.
 func RowStateOf(u Usage, now time.Time, window time.Duration) RowState {
 	if !recent(u.LastUsed, now, window) {
 		return StateNotUsed
 	}
-	okIn := recent(u.LastOK, now, window)
+	okIn := recent(u.LastOK, now, window) && !u.LastOK.After(now.Add(ClockSkewTolerance))
 	failIn := recent(u.LastFailed, now, window)
 	switch {
 	case failIn && (!okIn || !u.LastOK.After(u.LastFailed)):
@@ -254,7 +266,9 @@ func RowStateOf(u Usage, now time.Time, window time.Duration) RowState {
 		}
 		return StateFailing
 	case !okIn:
-		return StateFailing // used, and not one call answered in the window
+		return StateFailing // used, and not one call answered (by a clock we can order) in the window
+	case unanswered(u, now):
+		return StateFailing // the latest call went unanswered
 	case IsKlarnaHost(u.FromHost) && isKustomService(u.Service):
 		return StateKlarnaHost
 	case u.FromHost != u.ToHost || u.Key == KeySwapped:
@@ -269,7 +283,7 @@ func judgeRow(u Usage, now time.Time, window time.Duration) StatusRow {
 		u.LastUsed = u.LastUsed.UTC().Truncate(time.Second)
 	}
 	r := StatusRow{Usage: u, State: RowStateOf(u, now, window)}
-	r.ActionRequired, r.Note = rowWords(r, window)
+	r.ActionRequired, r.Note = rowWords(r, now, window)
 	return r
 }
 
@@ -283,14 +297,14 @@ func keyAdvice(u Usage) string {
 }
 
 // rowWords are the row's action (for blocking states) or note.
-func rowWords(r StatusRow, window time.Duration) (action, note string) {
+func rowWords(r StatusRow, now time.Time, window time.Duration) (action, note string) {
 	u := r.Usage
 	to := u.ToHost
 	switch r.State {
 	case StateNotUsed:
 		return "", "not used in the last " + humanDuration(window)
 	case StateFailing:
-		return failingAdvice(u, window), ""
+		return failingAdvice(u, now), ""
 	case StateKeyRejected:
 		if isKustomHost(to) {
 			where := "the app's own configuration, which sends it"
@@ -337,9 +351,9 @@ func hostOrShim(h string) string {
 }
 
 // failingAdvice says what failed and what to check.
-func failingAdvice(u Usage, window time.Duration) string {
+func failingAdvice(u Usage, now time.Time) string {
 	to := u.ToHost
-	switch u.LastFailure {
+	switch latestFailure(u, now) {
 	case FailureUnreachable:
 		return fmt.Sprintf("Calls fail: the shim could not reach %s (DNS, connection refused or TLS verification): "+
 			"check the shim's egress to %s:443; the error log names the cause per correlation id", to, to)
@@ -350,8 +364,33 @@ func failingAdvice(u Usage, window time.Duration) string {
 		return fmt.Sprintf("Calls fail: %s answered with a server error (5xx): check Kustom's status page and retry; "+
 			"kustom_shim_requests_total shows how many", to)
 	}
-	return fmt.Sprintf("Calls fail: calls were sent to %s but none was answered in the last %s (the apps gave up first)",
-		to, humanDuration(window))
+	return fmt.Sprintf("Calls fail: calls were sent to %s but the latest got no answer (the apps gave up first)%s",
+		to, clockAdvice(u, now))
+}
+
+// clockAdvice explains evidence that cannot be ordered because a shim's
+// clock runs ahead.
+func clockAdvice(u Usage, now time.Time) string {
+	if u.LastOK.After(now.Add(ClockSkewTolerance)) {
+		return "; or a shim's clock runs ahead of this one's, so its successes cannot be ordered: fix its time (NTP)"
+	}
+	return ""
+}
+
+// unanswered tells whether the row's latest call started more than
+// AnswerGrace ago and no answer came after it: the app gave up first. A
+// call still within the grace may simply be in flight.
+func unanswered(u Usage, now time.Time) bool {
+	return u.LastUsed.After(later(u.LastOK, u.LastFailed)) && now.Sub(u.LastUsed) > AnswerGrace
+}
+
+// latestFailure is the reason of the row's latest answer when that answer
+// was a failure and no later call went unanswered, else "" (no answer).
+func latestFailure(u Usage, now time.Time) Failure {
+	if !u.LastFailed.IsZero() && !u.LastOK.After(u.LastFailed) && !unanswered(u, now) {
+		return u.LastFailure
+	}
+	return ""
 }
 
 // isKustomHost tells whether h is one of Kustom's API hosts.
@@ -375,8 +414,8 @@ func (rep StatusReport) Summary() string {
 	case VerdictFailing:
 		for _, r := range rep.Services {
 			if r.State.Failed() {
-				reason := string(r.LastFailure)
-				if r.State == StateFailing && !recent(r.LastFailed, rep.GeneratedAt, rep.Window) {
+				reason := string(latestFailure(r.Usage, rep.GeneratedAt))
+				if reason == "" {
 					reason = "no answer"
 				}
 				return fmt.Sprintf("Calls failing: %s calls from %s to %s fail (%s).", r.Service.DisplayName(),

@@ -69,7 +69,25 @@ func TestRowStates(t *testing.T) {
 			u.LastFailed, u.LastFailure = statusNow.Add(-8*24*time.Hour), FailureKeyRejected
 			return u
 		}(), StateSwitched},
-		{"another instance's clock runs ahead", call(Checkout, "api.klarna.com", KustomProduction, "shop1", KeySwapped, -time.Hour), StateKlarnaHost},
+		// A success stamped an hour ahead cannot be ordered against this
+		// clock: not evidence that calls work.
+		{"another instance's clock runs ahead", call(Checkout, "api.klarna.com", KustomProduction, "shop1", KeySwapped, -time.Hour), StateFailing},
+		{"a little skew is ordered", call(Checkout, "api.klarna.com", KustomProduction, "shop1", KeySwapped, -30*time.Second), StateKlarnaHost},
+		{"a success from a clock ahead does not hide a failure", func() Usage {
+			u := failed(switched(Checkout, time.Minute), Failure5xx)
+			u.LastOK = statusNow.Add(time.Hour)
+			return u
+		}(), StateFailing},
+		{"the latest calls went unanswered after an older success", func() Usage {
+			u := switched(Checkout, 6*24*time.Hour)
+			u.LastUsed = statusNow.Add(-10 * time.Minute)
+			return u
+		}(), StateFailing},
+		{"a call still in flight", func() Usage {
+			u := switched(Checkout, time.Hour)
+			u.LastUsed = statusNow.Add(-10 * time.Second)
+			return u
+		}(), StateSwitched},
 		{"ahead and failing", failed(switched(Checkout, -time.Hour), Failure5xx), StateFailing},
 		{"Klarna Payments passed through to Klarna", call(Unmatched, "api.klarna.com", "api.klarna.com", "", KeyKept, time.Minute), StateSwitched},
 		{"Klarna Payments through the sidecar", call(Unmatched, LocalHost, "api.klarna.com", "", KeyKept, time.Minute), StateBridged},
@@ -142,9 +160,16 @@ func TestVerdicts(t *testing.T) {
 			usage: []Usage{{UsageKey: UsageKey{Service: Checkout, FromHost: KustomProduction, ToHost: KustomProduction, Key: KeyKept},
 				LastUsed: statusNow.Add(-time.Minute)}},
 			want: VerdictFailing, summary: "(no answer)"},
-		{name: "clocks ahead still count", since: longAgo,
+		{name: "clocks ahead never read as working", since: longAgo,
 			usage: []Usage{call(Checkout, "api.klarna.com", KustomProduction, "shop1", KeySwapped, -2*time.Hour)},
-			want:  VerdictActionRequired, stores: []string{"shop1"}},
+			want:  VerdictFailing, stores: []string{"shop1"}, summary: "(no answer)"},
+		{name: "a switched row whose latest calls went unanswered", since: longAgo,
+			usage: []Usage{func() Usage {
+				u := switched(Checkout, 6*24*time.Hour)
+				u.LastUsed = statusNow.Add(-10 * time.Minute)
+				return u
+			}()},
+			want: VerdictFailing, stores: []string{""}, summary: "(no answer)"},
 		{name: "a short window", since: statusNow.Add(-5 * time.Second), window: 4 * time.Second,
 			usage: []Usage{switched(Checkout, time.Second)}, want: VerdictComplete, complete: true},
 		{name: "a short window, older Klarna call aged out", since: statusNow.Add(-time.Minute), window: 4 * time.Second,

@@ -42,6 +42,11 @@ type StatusHandler struct {
 	// local evidence, which knows only this instance.
 	Prometheus string `json:"prometheus,omitempty"`
 
+	// Label matchers that narrow every Prometheus query to this fleet, such
+	// as job="kustom-shim",namespace="shop": a staging shim scraped by the
+	// same Prometheus must lend production no evidence.
+	PrometheusMatch string `json:"prometheus_match,omitempty"`
+
 	app  *App
 	prom *PrometheusSource
 }
@@ -68,8 +73,13 @@ func (h *StatusHandler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return err
 		}
-		h.prom = p
+		if h.prom, err = p.WithMatch(h.PrometheusMatch); err != nil {
+			return err
+		}
 		return nil
+	}
+	if h.PrometheusMatch != "" {
+		return fmt.Errorf("prometheus_match: goes with prometheus")
 	}
 	app, err := ctx.App("kustom")
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"reflect"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,8 +232,7 @@ func TestWantsJSON(t *testing.T) {
 }
 
 func TestStatusHandlerServeHTTP(t *testing.T) {
-	app := &App{tracker: new(atomic.Pointer[Tracker])}
-	app.tracker.Store(NewTracker(time.Now().Add(-time.Hour)))
+	app := &App{tracker: NewTracker(time.Now().Add(-time.Hour))}
 	app.Tracker().Entry(UsageKey{Checkout, "api.klarna.com", KustomProduction, "shop1", KeySwapped}).Used(time.Now().Add(-time.Minute), "curl/8")
 	h := &StatusHandler{Window: caddy.Duration(DefaultStatusWindow), app: app}
 
