@@ -253,6 +253,7 @@ func TestStatusDirectiveErrors(t *testing.T) {
 		{"kustom_status /s {\n\t\tprometheus\n\t}", "prometheus: wrong number of arguments"},
 		{"kustom_status /s {\n\t\tprometheus http://a:9090 http://b:9090\n\t}", "prometheus: wrong number of arguments"},
 		{"kustom_status /s {\n\t\tprometheus http://a:9090\n\t\tprometheus http://b:9090\n\t}", "prometheus already specified"},
+		{"kustom_status /s {\n\t\tprometheus_match\n\t}", "prometheus_match: wrong number of arguments"},
 	}
 	for _, c := range cases {
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(":8080 {\n\t"+c.site+"\n}\n"), nil)
@@ -260,8 +261,18 @@ func TestStatusDirectiveErrors(t *testing.T) {
 			t.Errorf("%q: error %v, want %q", c.site, err, c.want)
 		}
 	}
-	// What only loading can tell: the URL itself. A secret in it never
-	// shows in the error.
+	// What only loading can tell: the URL and the matchers themselves. A
+	// secret in the URL never shows in the error.
+	for site, want := range map[string]string{
+		"prometheus http://prom:9090\n\t\tprometheus_match `job=x`":                   "prometheus_match: ",
+		"prometheus http://prom:9090\n\t\tprometheus_match `job=\"x\"} or vector(1)`": "not a list of label matchers",
+		"prometheus_match `job=\"x\"`":                                                "prometheus_match: goes with prometheus",
+	} {
+		err := shimtest.LoadError(t, shimtest.New(t).Globals("")+"\n:0 {\n\tkustom_status /s {\n\t\t"+site+"\n\t}\n}\n")
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", site, err, want)
+		}
+	}
 	shim := shimtest.New(t)
 	for url, want := range map[string]string{
 		"ftp://prom:9090":                  "must be an http:// or https:// URL",
