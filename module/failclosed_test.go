@@ -153,7 +153,9 @@ func TestTunnelEndsWithItsConfig(t *testing.T) {
 				t.Errorf("%s %s reached Kustom with the removed credential's key", r.Method, r.Path)
 			}
 		}
-		// A new tunnel meets the new config.
+		// A new tunnel meets the new config (once the new config serves the
+		// interception certificate).
+		waitForInterception(t, addr, pool)
 		resp, body, err = openTunnel(t, addr, "api.klarna.com", pool).do("GET", "/checkout/v3/orders/o3", "api.klarna.com", klarnaBasic)
 		if err != nil {
 			t.Fatalf("new tunnel after the reload: %v", err)
@@ -163,6 +165,7 @@ func TestTunnelEndsWithItsConfig(t *testing.T) {
 
 	t.Run("the call in flight finishes and is recorded", func(t *testing.T) {
 		e.reload(t, gw)
+		waitForInterception(t, addr, pool)
 		tn := openTunnel(t, addr, "api.klarna.com", pool)
 		type result struct {
 			resp *http.Response
