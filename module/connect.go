@@ -40,6 +40,8 @@ type connectIntercept struct {
 	mu      sync.Mutex
 	tunnels map[*http.Server]struct{}
 	closed  bool
+
+	maxLifetime time.Duration // tunnelMaxLifetime; shorter in tests
 }
 
 // Timeouts for the connections inside a tunnel, which no Caddy server
@@ -55,9 +57,8 @@ const (
 
 // tunnelMaxLifetime ends a busy tunnel too (its idle timer restarts on
 // every call), so that no tunnel outlives a change that missed it by more
-// than this. HTTP clients reconnect without the app noticing. A variable
-// only so that a test can shorten it.
-var tunnelMaxLifetime = 10 * time.Minute
+// than this. HTTP clients reconnect without the app noticing.
+const tunnelMaxLifetime = 10 * time.Minute
 
 // tunnelCtxKey marks a request that arrived inside an intercepted tunnel;
 // its value is the host the tunnel was opened (and authorised) for. Only
@@ -199,7 +200,11 @@ func (c *connectIntercept) serveTunnel(conn net.Conn, host string, srv http.Hand
 		return
 	}
 	defer c.untrack(inner)
-	lifetime := time.AfterFunc(tunnelMaxLifetime, func() { drainTunnel(inner) })
+	life := c.maxLifetime
+	if life <= 0 {
+		life = tunnelMaxLifetime
+	}
+	lifetime := time.AfterFunc(life, func() { drainTunnel(inner) })
 	defer lifetime.Stop()
 	// The *tls.Conn itself goes to Serve, so that requests carry r.TLS and
 	// ALPN "h2" gets the HTTP/2 server.

@@ -124,10 +124,8 @@ func TestTunnelCloseDrainsThenEnds(t *testing.T) {
 // A busy tunnel ends after tunnelMaxLifetime even though its idle timer
 // keeps restarting.
 func TestTunnelMaxLifetime(t *testing.T) {
-	old := tunnelMaxLifetime
-	tunnelMaxLifetime = 300 * time.Millisecond
-	t.Cleanup(func() { tunnelMaxLifetime = old })
 	b := newTunnelBench(t)
+	b.c.maxLifetime = 300 * time.Millisecond
 	conn, br, done := b.open(t)
 	start := time.Now()
 	for time.Since(start) < 2*time.Second {
@@ -138,7 +136,7 @@ func TestTunnelMaxLifetime(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	waitDone(t, done, "after the lifetime cap")
-	if d := time.Since(start); d < tunnelMaxLifetime || d > 2*time.Second {
-		t.Errorf("the tunnel lived %v with a cap of %v", d, tunnelMaxLifetime)
+	if d := time.Since(start); d < b.c.maxLifetime || d > 2*time.Second {
+		t.Errorf("the tunnel lived %v with a cap of %v", d, b.c.maxLifetime)
 	}
 }

@@ -190,6 +190,9 @@ func (rg *reloadRig) checkCounted(t *testing.T, reached int) {
 // included, since nothing was processed. The log shows how often that
 // happened.
 func TestReloadUnderLoadCurl(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10 000 calls across reloads: timing that the race detector distorts; not under -short")
+	}
 	curl := shimtest.Tool(t, "curl", "curl")
 	const workers, perWorker = 4, 2500
 	const total = workers * perWorker
@@ -332,6 +335,9 @@ func TestReloadUnderLoadCurl(t *testing.T) {
 // kustom_drain on the listener, which hands such connections to the new
 // config, nothing at all may be lost.
 func TestReloadUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load across reloads: timing that the race detector distorts; not under -short")
+	}
 	t.Run("caddy default", func(t *testing.T) { reloadUnderLoad(t, false) })
 	t.Run("kustom_drain", func(t *testing.T) { reloadUnderLoad(t, true) })
 }
